@@ -1,0 +1,1 @@
+"""cutover: the data path and its control plane."""

@@ -1,0 +1,74 @@
+"""cutover's exception tree. Low-level errors are mapped into it in one place each
+(`proxy.upstream.map_client_errors` for the network), and one boundary turns them into answers.
+
+    CutoverError
+    ├── ConfigError                 routes.yaml cannot run (proxy.config.load)
+    ├── ClientGone                  the client hung up mid-answer; nobody left to tell
+    ├── RequestRejected             the client's request is refused before any upstream sees it
+    │   ├── BadRequest              400: malformed path, identity or framing
+    │   ├── PayloadTooLarge         413
+    │   └── NoRoute                 404
+    └── UpstreamError               an upstream failed; the answer names the route and platform
+        ├── UpstreamConnectError    502: refused, reset, closed early
+        ├── UpstreamProtocolError   502: not valid HTTP, or not what cutover can relay
+        └── UpstreamTimeout         504: connect or answer past the upstream's timeout
+"""
+
+from __future__ import annotations
+
+
+class CutoverError(Exception):
+    """Base of everything cutover raises on purpose."""
+
+
+class ClientGone(CutoverError):
+    """Raised in place of the server's ConnectionResetError, not to blame the upstream for it."""
+
+
+class RequestRejected(CutoverError):
+    status = 400
+    kind = "bad-request"
+    title = "Bad request"
+
+
+class BadRequest(RequestRejected):
+    pass
+
+
+class PayloadTooLarge(RequestRejected):
+    status = 413
+    kind = "payload-too-large"
+    title = "Payload too large"
+
+
+class NoRoute(RequestRejected):
+    status = 404
+    kind = "no-route"
+    title = "No route"
+
+
+class UpstreamError(CutoverError):
+    status = 502
+    kind = "upstream-error"
+    title = "Upstream error"
+
+    def __init__(self, upstream: str, detail: str) -> None:
+        super().__init__(f"{upstream}: {detail}")
+        self.upstream = upstream
+        self.detail = detail
+
+
+class UpstreamConnectError(UpstreamError):
+    kind = "upstream-unreachable"
+    title = "Upstream unreachable"
+
+
+class UpstreamProtocolError(UpstreamError):
+    kind = "upstream-bad-response"
+    title = "Upstream answered invalid HTTP"
+
+
+class UpstreamTimeout(UpstreamError):
+    status = 504
+    kind = "upstream-timeout"
+    title = "Upstream timed out"

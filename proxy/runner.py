@@ -1,0 +1,116 @@
+"""Running one cutover process: listeners up, signals wired, shutdown in the written order.
+
+Shutdown order (STYLE.md §7), carried by aiohttp's runner and the apps' cleanup contexts:
+  1. stop accepting (sites stopped)
+  2. finish in-flight requests (server shutdown, bounded by SHUTDOWN_TIMEOUT)
+  3. drain mirrors, flush the outbox, say goodbye on MQTT (cleanup contexts, in reverse)
+  4. close upstream sessions (the first cleanup context, so the last to close)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import socket
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+import aiohttp.http_parser
+import structlog
+from aiohttp import web
+
+from proxy.config import RouteTable, load_config
+from proxy.config.units import split_host_port
+from proxy.server import Proxy, make_app
+from proxy.state import TableStore
+from proxy.upstream import UpstreamClients
+
+log = structlog.get_logger("cutover.runner")
+
+SHUTDOWN_TIMEOUT = 30.0
+
+
+def compiled_parser_in_use() -> bool:
+    """aiohttp's pure-Python HTTP parser has had smuggling bugs the C one didn't (PITFALLS.md)."""
+    return aiohttp.http_parser.HttpRequestParser.__module__ == "aiohttp._http_parser"
+
+
+def install_uvloop() -> bool:
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - a declared dependency
+        return False
+    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+    return True
+
+
+@dataclass
+class Running:
+    """A started instance: what tests and the demo need to reach it."""
+
+    table: RouteTable
+    store: TableStore
+    proxy: Proxy
+    runner: web.AppRunner
+    port: int
+
+    async def stop(self) -> None:
+        await self.runner.cleanup()
+
+
+async def start(table: RouteTable, *, reuse_port: bool = False) -> Running:
+    store = TableStore(table)
+    proxy = Proxy(store, UpstreamClients())
+    app = make_app(proxy)
+    runner = web.AppRunner(
+        app, access_log=None, handle_signals=False, shutdown_timeout=SHUTDOWN_TIMEOUT
+    )
+    await runner.setup()
+    host, port = split_host_port(table.spec.listen)
+    site = web.TCPSite(runner, host, port, reuse_port=reuse_port or None, backlog=2048)
+    await site.start()
+    bound = _bound_port(runner) or port
+    log.info(
+        "listening",
+        address=f"{host}:{bound}",
+        version=table.version,
+        migration=table.migration,
+        routes=len(table.routes),
+    )
+    return Running(table, store, proxy, runner, bound)
+
+
+def _bound_port(runner: web.AppRunner) -> int | None:
+    for address in runner.addresses:
+        if isinstance(address, tuple) and len(address) >= 2:
+            return int(address[1])
+    return None
+
+
+async def serve(
+    config_path: str, *, on_ready: Callable[[Running], Awaitable[None]] | None = None
+) -> int:
+    """Run until SIGTERM or SIGINT, then shut down gracefully. Returns the exit code."""
+    table = load_config(config_path)
+    running = await start(table)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        if on_ready is not None:
+            await on_ready(running)
+        await stop.wait()
+        log.info("shutting_down", timeout_s=SHUTDOWN_TIMEOUT)
+    finally:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(sig)
+        await running.stop()
+    log.info("stopped")
+    return 0
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])

@@ -1,0 +1,1 @@
+"""Comparing the two platforms' answers: rules, diffs, the diff log and QA reports."""

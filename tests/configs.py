@@ -1,0 +1,69 @@
+"""Building routes.yaml documents in tests: a valid base, changed per test."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from proxy.config import RouteTable, parse_config
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def base_doc(
+    old: str = "http://127.0.0.1:9001",
+    new: str = "http://127.0.0.1:9101",
+    old_ticketing: str = "http://127.0.0.1:9002",
+    new_ticketing: str = "http://127.0.0.1:9102",
+) -> dict[str, Any]:
+    return {
+        "version": 1,
+        "migration": "crm-2026",
+        "listen": "127.0.0.1:0",
+        "platforms": {
+            "old": {"crm": {"url": old}, "ticketing": {"url": old_ticketing}},
+            "new": {"crm": {"url": new}, "ticketing": {"url": new_ticketing}},
+        },
+        "channels": ["phone", "email", "chat", "whatsapp", "web"],
+        "identify": {
+            "channel": {"header": "X-Channel", "default": "web"},
+            "customer": {"header": "X-Customer-Id"},
+        },
+        "cohorts": [
+            {"name": "pilot", "customers": ["C-1001", "C-1002"]},
+            {"name": "business", "header": {"X-Segment": "business"}},
+            {"name": "everyone"},
+        ],
+        "routes": [
+            {
+                "name": "contacts",
+                "api": "crm",
+                "path": "/api/contacts",
+                "weights": {"default": 0, "chat": {"default": 10, "pilot": 100}},
+            },
+            {
+                "name": "tickets",
+                "api": "ticketing",
+                "path": "/api/tickets",
+                "weights": {"default": 0},
+            },
+        ],
+    }
+
+
+def dump(doc: dict[str, Any]) -> bytes:
+    """JSON is YAML 1.2: the loader reads it like any routes.yaml."""
+    return orjson.dumps(doc)
+
+
+def load(doc: dict[str, Any], env: dict[str, str] | None = None) -> RouteTable:
+    return parse_config(dump(doc), source="test.yaml", env=env or {})
+
+
+def with_changes(doc: dict[str, Any], **changes: Any) -> dict[str, Any]:
+    out = copy.deepcopy(doc)
+    out.update(changes)
+    return out
