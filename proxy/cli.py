@@ -89,6 +89,10 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--port", type=int, default=8080, help="cutover's port (default 8080)")
     demo.add_argument("--customers", type=int, default=300)
     demo.add_argument(
+        "--traffic", type=float, default=5.0, help="background requests/s through cutover (0: none)"
+    )
+    demo.add_argument("--report-every", type=float, default=10.0, help=argparse.SUPPRESS)
+    demo.add_argument(
         "--log-level", default="warning", choices=["debug", "info", "warning", "error"]
     )
     demo.set_defaults(func=_demo)

@@ -1,0 +1,59 @@
+"""Shared fixtures: the demo platforms on free ports, and real cutover processes."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+
+from proxy.demo.platforms import Simulators, run_simulators
+from tests.configs import base_doc
+from tests.processes import CutoverProcess
+
+
+@pytest.fixture
+async def sims() -> AsyncIterator[Simulators]:
+    async with run_simulators(ports=0) as simulators:
+        yield simulators
+
+
+def doc_for(sims: Simulators) -> dict[str, Any]:
+    """The test base routes.yaml pointed at the running simulators."""
+    doc = base_doc(
+        sims.old_crm.url, sims.new_crm.url, sims.old_ticketing.url, sims.new_ticketing.url
+    )
+    doc["routes"][0]["contract"] = {"new_path": "/v2/contacts"}
+    doc["routes"][1]["contract"] = {"new_path": "/v2/tickets"}
+    doc["routes"].append(
+        {
+            "name": "attachments",
+            "api": "ticketing",
+            "path": "/api/attachments",
+            "contract": {"new_path": "/v2/attachments"},
+        }
+    )
+    return doc
+
+
+@pytest.fixture
+async def cutover(tmp_path: Path) -> AsyncIterator[Callable[..., Any]]:
+    """A factory: `await cutover(doc)` starts a real `cutover run` on that routes.yaml."""
+    started: list[CutoverProcess] = []
+
+    async def make(doc: dict[str, Any] | None = None, **kwargs: Any) -> CutoverProcess:
+        process = CutoverProcess(tmp_path / f"cutover-{len(started)}", doc, **kwargs)
+        started.append(process)
+        return await process.start()
+
+    yield make
+    for process in started:
+        process.kill()
+
+
+@pytest.fixture
+async def http() -> AsyncIterator[aiohttp.ClientSession]:
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as session:
+        yield session
