@@ -21,9 +21,13 @@ from aiohttp import web
 
 from proxy.config import RouteTable, load_config
 from proxy.config.units import split_host_port
+from proxy.mirror import MirrorDispatcher
+from proxy.observe import CustomerHasher
 from proxy.server import Proxy, make_app
+from proxy.shadowing import Shadowing
 from proxy.state import TableStore
 from proxy.upstream import UpstreamClients
+from shadow.stats import ShadowStats
 
 log = structlog.get_logger("cutover.runner")
 
@@ -60,7 +64,10 @@ class Running:
 
 async def start(table: RouteTable, *, reuse_port: bool = False) -> Running:
     store = TableStore(table)
-    proxy = Proxy(store, UpstreamClients())
+    clients = UpstreamClients()
+    hasher = CustomerHasher(table.migration)
+    shadowing = Shadowing(clients, MirrorDispatcher(), ShadowStats(), hasher, sink=None)
+    proxy = Proxy(store, clients, hasher=hasher, shadowing=shadowing)
     app = make_app(proxy)
     runner = web.AppRunner(
         app, access_log=None, handle_signals=False, shutdown_timeout=SHUTDOWN_TIMEOUT

@@ -23,6 +23,7 @@ from proxy.config.table import Route, RouteTable, Upstream
 from proxy.errors import (
     BadRequest,
     ClientGone,
+    CutoverError,
     NoRoute,
     RequestRejected,
     UpstreamError,
@@ -40,6 +41,7 @@ from proxy.identity import BadIdentity, Identity, identify
 from proxy.observe import CustomerHasher
 from proxy.problem import problem
 from proxy.routing import decide
+from proxy.shadowing import Capture, ClientHeaders, Pending, Shadowing, target_for
 from proxy.state import TableStore
 from proxy.supervisor import Supervisor
 from proxy.upstream import UpstreamClients
@@ -52,6 +54,8 @@ SMALL_BODY = 256 * 1024
 #: request bodies up to this size are read whole before forwarding; larger ones are streamed
 BUFFER_REQUEST_BODY = 256 * 1024
 STREAM_CHUNK = 64 * 1024
+#: at shutdown, mirrors in flight get this long to finish; queued ones are dropped and counted
+MIRROR_DRAIN_TIMEOUT = 5.0
 
 
 def canonical_path(raw_path: str) -> str:
@@ -73,11 +77,12 @@ def canonical_path(raw_path: str) -> str:
     return raw_path
 
 
-def target_path(route: Route, side: Side, path: str) -> str:
-    """The path on the platform: the new platform may serve the route under another prefix."""
-    if side == "new" and route.new_prefix != route.prefix:
-        return route.new_prefix + path[len(route.prefix) :]
-    return path
+class MidStreamAbort(CutoverError):
+    """The upstream failed after the answer's head was sent; the connection has been aborted."""
+
+    def __init__(self, stream: web.StreamResponse) -> None:
+        super().__init__("upstream failed mid-body")
+        self.stream = stream
 
 
 @dataclass(slots=True)
@@ -106,11 +111,13 @@ class Proxy:
         *,
         supervisor: Supervisor | None = None,
         hasher: CustomerHasher | None = None,
+        shadowing: Shadowing | None = None,
     ) -> None:
         self.store = store
         self.clients = clients
         self.supervisor = supervisor or Supervisor("proxy")
         self.hasher = hasher or CustomerHasher(store.table.migration)
+        self.shadowing = shadowing
         self._random = random.Random()  # noqa: S311 - sampling the shadow share, not a secret
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
@@ -140,9 +147,25 @@ class Proxy:
                 platform=ex.platform,
             )
             ex.error = exc.kind
+        except MidStreamAbort as exc:
+            response = exc.stream
         except ClientGone:
             ex.error = "client-gone"
             response = web.Response(status=499)  # never sent: the connection is gone
+        except Exception:  # the last boundary: a bug must cost one request, not the process
+            log.exception(
+                "handler_failed",
+                request_id=ex.request_id,
+                route=ex.route.name if ex.route else None,
+            )
+            ex.error = "internal"
+            response = problem(
+                500,
+                "internal",
+                "Internal error",
+                "cutover failed to handle this request; see its log",
+                request_id=ex.request_id,
+            )
         if ex.platform is not None and not response.prepared:
             response.headers[PLATFORM] = ex.platform
         ex.status = response.status
@@ -168,15 +191,47 @@ class Proxy:
         decision = decide(table, route, identity, method, self._random.randrange(10_000))
         ex.platform = decision.primary
         upstream = table.upstream(decision.primary, route.api)
-        target = target_path(route, decision.primary, path)
-        if query:
-            target = f"{target}?{query}"
-        return await self._forward(request, upstream, target, ex)
+        target = target_for(route, decision.primary, path, query)
+        named = connection_named(request.headers)
+        pending = None
+        if decision.shadow and self.shadowing is not None:
+            client = ClientHeaders(
+                items=tuple(request.headers.items()),
+                named=named,
+                peer=request.remote,
+                proto=request.scheme,
+                host=request.headers.get("Host"),
+            )
+            pending = self.shadowing.start(
+                decision,
+                table.upstream(decision.secondary, route.api),
+                upstream,
+                method=method,
+                path=path,
+                query=query,
+                client=client,
+                request_id=ex.request_id,
+                probe_noise=self._random.random() * 100 < route.rules.noise_probe_percent,
+            )
+        try:
+            return await self._forward(request, upstream, target, ex, named, pending)
+        except UpstreamError as exc:
+            if pending is not None:
+                pending.primary_failed(exc.kind)
+            raise
+        finally:
+            if pending is not None:
+                pending.abandon()
 
     async def _forward(
-        self, request: web.Request, upstream: Upstream, target: str, ex: Exchange
+        self,
+        request: web.Request,
+        upstream: Upstream,
+        target: str,
+        ex: Exchange,
+        named: frozenset[str],
+        pending: Pending | None,
     ) -> web.StreamResponse:
-        named = connection_named(request.headers)
         headers = upstream_request_headers(
             request.headers.items(), named, upstream.headers, secondary=False
         )
@@ -199,12 +254,16 @@ class Proxy:
         async with self.clients.request(
             upstream, "primary", request.method, target, headers, data
         ) as answer:
-            return await self._relay(request, answer, ex)
+            response = await self._relay(request, answer, ex, pending.capture if pending else None)
+            if pending is not None:
+                pending.primary_done(answer.status, answer.headers)
+            return response
 
     async def _relay(
-        self, request: web.Request, answer: ClientResponse, ex: Exchange
+        self, request: web.Request, answer: ClientResponse, ex: Exchange, capture: Capture | None
     ) -> web.StreamResponse:
-        """The primary's answer to the client: small ones in one write, large ones streamed."""
+        """The primary's answer to the client: small ones in one write, large ones streamed;
+        teed into `capture` when a shadow comparison waits for it."""
         headers = client_response_headers(answer.headers.items(), connection_named(answer.headers))
         headers[PLATFORM] = ex.platform or ""
         headers[REQUEST_ID] = ex.request_id
@@ -215,6 +274,8 @@ class Proxy:
             or (length is not None and length <= SMALL_BODY)
         ):
             body = await answer.read()
+            if capture is not None:
+                capture.feed(body)
             response = web.Response(
                 status=answer.status, reason=answer.reason, body=body, headers=headers
             )
@@ -228,7 +289,26 @@ class Proxy:
             await stream.prepare(request)
         except ConnectionError as exc:
             raise ClientGone from exc
-        async for chunk in answer.content.iter_chunked(STREAM_CHUNK):
+        chunks = answer.content.iter_chunked(STREAM_CHUNK)
+        while True:
+            try:
+                chunk = await anext(chunks)
+            except StopAsyncIteration:
+                break
+            except Exception as exc:  # any failure here is the upstream's
+                # the status line is out: the only honest signal left is an aborted connection
+                log.warning(
+                    "upstream_aborted_mid_body",
+                    request_id=ex.request_id,
+                    platform=ex.platform,
+                    error=type(exc).__name__,
+                )
+                ex.error = "upstream-aborted"
+                if request.transport is not None:
+                    request.transport.close()
+                raise MidStreamAbort(stream) from exc
+            if capture is not None:
+                capture.feed(chunk)
             try:
                 await stream.write(chunk)
             except ConnectionError as exc:
@@ -271,8 +351,16 @@ def make_app(proxy: Proxy, *, client_max_size: int = 1024**2) -> web.Application
         await proxy.supervisor.drain(timeout=10.0)
         await proxy.clients.close()
 
+    async def shadow_jobs(app: web.Application) -> Any:
+        yield
+        if proxy.shadowing is not None:
+            await proxy.shadowing.dispatcher.drain(timeout=MIRROR_DRAIN_TIMEOUT)
+            proxy.shadowing.close()
+
+    # cleanup runs in reverse: mirrors drain before the sessions they use are closed
     app.cleanup_ctx.append(upstream_sessions)
+    app.cleanup_ctx.append(shadow_jobs)
     return app
 
 
-__all__ = ["PROXY", "Proxy", "canonical_path", "make_app", "target_path"]
+__all__ = ["PROXY", "Proxy", "canonical_path", "make_app"]

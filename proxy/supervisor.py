@@ -35,6 +35,10 @@ class Supervisor:
         if not task.cancelled() and (exc := task.exception()) is not None:
             log.error("task_failed", task=task.get_name(), error=repr(exc), exc_info=exc)
 
+    @property
+    def closing(self) -> bool:
+        return self._closing
+
     def __len__(self) -> int:
         return len(self._tasks)
 

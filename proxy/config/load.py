@@ -22,6 +22,7 @@ from ruamel.yaml.comments import CommentedMap, CommentedSeq
 from ruamel.yaml.error import MarkedYAMLError, YAMLError
 
 from proxy.config import semantics
+from proxy.config.load_errors import RuleIssues
 from proxy.config.spec import ConfigSpec
 from proxy.config.table import RouteTable, build_table
 
@@ -122,13 +123,17 @@ def parse_config(
         ]
         located.sort(key=lambda i: (i.line or 0, i.where))
         raise ConfigError(source, located)
-    return build_table(
-        spec,
-        source=source,
-        base_dir=base_dir or Path.cwd(),
-        text=text,
-        version=content_version(raw),
-    )
+    try:
+        return build_table(
+            spec,
+            source=source,
+            base_dir=base_dir or Path.cwd(),
+            text=text,
+            version=content_version(raw),
+        )
+    except RuleIssues as exc:
+        located = [ConfigIssue(e.place, e.message, _line_of(tree, e.place)) for e in exc.errors]
+        raise ConfigError(source, located) from None
 
 
 def _parse_yaml(text: str, source: str) -> Any:

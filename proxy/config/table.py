@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import unquote
 
+from proxy.config.load_errors import RuleIssues
 from proxy.config.spec import (
     READ_METHODS,
     ConfigSpec,
@@ -23,6 +24,8 @@ from proxy.config.spec import (
     RouteSpec,
     Side,
 )
+from shadow.contract import Contract, RuleError, compile_contract
+from shadow.rules import CompareRules, compile_rules
 
 RollbackKey = tuple[str | None, str | None, str | None]  # (route, channel, cohort); None = all
 WeightKey = tuple[str, str]  # (channel, cohort)
@@ -91,6 +94,8 @@ class Route:
     weights: Mapping[WeightKey, int]  # basis points (percent x 100) on the new platform
     shadow_bp: int
     new_prefix: str  # where the new platform serves this route (contract.new_path)
+    contract: Contract | None  # None when both platforms speak the same API
+    rules: CompareRules
 
     def weight_bp(self, channel: str, cohort: str) -> int:
         return self.weights.get((channel, cohort), 0)
@@ -190,7 +195,16 @@ def build_table(
 
     routes: list[Route] = []
     index: dict[str, list[Route]] = {}
+    problems: list[RuleError] = []
     for i, rs in enumerate(spec.routes):
+        contract: Contract | None = None
+        rules = CompareRules()
+        try:
+            if rs.contract is not None:
+                contract = compile_contract(rs.contract, ("routes", i, "contract"))
+            rules = compile_rules(rs.compare, contract, ("routes", i, "compare"))
+        except RuleError as exc:
+            problems.append(exc)
         weights = {
             (channel, cohort): round(resolve_weight(rs.weights, channel, cohort) * 100)
             for channel in spec.channels
@@ -206,9 +220,14 @@ def build_table(
             weights=weights,
             shadow_bp=round(rs.shadow_percent * 100),
             new_prefix=rs.contract.new_path if rs.contract and rs.contract.new_path else rs.path,
+            contract=contract,
+            rules=rules,
         )
         routes.append(route)
         index.setdefault(rs.path, []).append(route)
+
+    if problems:
+        raise RuleIssues(problems)
 
     upstreams: dict[tuple[Side, str], Upstream] = {}
     for side, apis in (("old", spec.platforms.old), ("new", spec.platforms.new)):

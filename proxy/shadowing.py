@@ -1,0 +1,412 @@
+"""Shadow reads on the data path: send a read to the secondary too, compare, log the difference.
+
+Vocabulary from GitHub's Scientist: the primary's answer is the control, the secondary's the
+candidate. The client only ever gets the control; the candidate runs in a job of the mirror
+dispatcher (bounded, dropped and counted when full) and a candidate failure never reaches the
+caller. The handler tees the primary's body into a `Capture` and resolves the job's `Pending`
+when the answer has been relayed, so the comparison waits for the client's answer, never the
+other way round.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import time
+from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Protocol
+from urllib.parse import parse_qsl, urlencode
+
+import structlog
+from multidict import CIMultiDict
+
+from proxy.config.spec import Side
+from proxy.config.table import Route, Upstream
+from proxy.errors import UpstreamError
+from proxy.headers import MIRROR, add_forwarding, upstream_request_headers
+from proxy.mirror import MirrorDispatcher
+from proxy.observe import CustomerHasher
+from proxy.routing import Decision
+from proxy.upstream import UpstreamClients
+from shadow.compare import Comparison, Difference, Observation, compare, compare_repeat
+from shadow.noise import NoiseLearner
+from shadow.redact import redact_difference, redact_doc
+from shadow.rules import CompareRules
+from shadow.stats import Cell, ShadowStats
+
+log = structlog.get_logger("cutover.shadow")
+
+#: bodies larger than this are compared in a worker thread, not on the event loop
+COMPARE_OFF_LOOP = 64 * 1024
+#: mismatching bodies up to this size are kept in the diff record for side-by-side display
+RECORD_BODIES_UP_TO = 64 * 1024
+READ_CHUNK = 64 * 1024
+
+
+class RecordSink(Protocol):
+    def submit(self, record: dict[str, Any]) -> bool: ...
+
+
+class Capture:
+    """A tee of one answer's body: the sha256 of all of it, the bytes of up to `cap` of it."""
+
+    __slots__ = ("_hash", "_parts", "cap", "overflow", "size")
+
+    def __init__(self, cap: int) -> None:
+        self.cap = cap
+        self._hash = hashlib.sha256()
+        self._parts: list[bytes] = []
+        self.size = 0
+        self.overflow = False
+
+    def feed(self, chunk: bytes) -> None:
+        self._hash.update(chunk)
+        self.size += len(chunk)
+        if not self.overflow:
+            if self.size > self.cap:
+                self.overflow = True
+                self._parts.clear()
+            else:
+                self._parts.append(chunk)
+
+    def observation(self, status: int, headers: Mapping[str, str]) -> Observation:
+        lowered = {k.lower(): v for k, v in headers.items()}
+        return Observation(
+            status=status,
+            headers=lowered,
+            body=None if self.overflow else b"".join(self._parts),
+            body_sha256=self._hash.hexdigest(),
+            body_size=self.size,
+            content_type=lowered.get("content-type", ""),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class ClientHeaders:
+    """What a secondary request needs of the client's request, copied while it is at hand."""
+
+    items: tuple[tuple[str, str], ...]
+    named: frozenset[str]
+    peer: str | None
+    proto: str
+    host: str | None
+
+    def for_secondary(
+        self, upstream: Upstream, route: Route, request_id: str, kind: str
+    ) -> CIMultiDict[str]:
+        """Never the client's credentials; the platform's own; marked as a mirror copy."""
+        headers = upstream_request_headers(self.items, self.named, upstream.headers, secondary=True)
+        add_forwarding(
+            headers, peer=self.peer, proto=self.proto, host=self.host, request_id=request_id
+        )
+        for name, value in route.spec.mirror_headers.items():
+            headers[name] = value
+        headers[MIRROR] = kind
+        return headers
+
+
+@dataclass(slots=True)
+class Answer:
+    """One side of an exchange as the comparison sees it."""
+
+    observation: Observation | None
+    latency_ms: float
+    error: str | None = None  # the UpstreamError kind when the side failed
+
+
+@dataclass(slots=True)
+class Pending:
+    """The handler's half of a shadow job: it hands over the primary's answer when relayed."""
+
+    future: asyncio.Future[Answer | None] = field(
+        default_factory=lambda: asyncio.get_running_loop().create_future()
+    )
+    capture: Capture | None = None
+    started: float = field(default_factory=time.monotonic)
+
+    def primary_done(self, status: int, headers: Mapping[str, str]) -> None:
+        if not self.future.done() and self.capture is not None:
+            latency = (time.monotonic() - self.started) * 1000
+            self.future.set_result(Answer(self.capture.observation(status, headers), latency))
+
+    def primary_failed(self, kind: str) -> None:
+        if not self.future.done():
+            latency = (time.monotonic() - self.started) * 1000
+            self.future.set_result(Answer(None, latency, kind))
+
+    def abandon(self) -> None:
+        """The client went away, or the handler failed before an answer: nothing to compare."""
+        if not self.future.done():
+            self.future.set_result(None)
+
+
+def target_for(route: Route, side: Side, path: str, query: str) -> str:
+    """Path and query as the platform serves them (the new platform's contract may differ)."""
+    if side == "new":
+        if route.new_prefix != route.prefix:
+            path = route.new_prefix + path[len(route.prefix) :]
+        contract = route.contract
+        if query and contract is not None and contract.translates_query:
+            pairs = contract.query_to_new(parse_qsl(query, keep_blank_values=True))
+            query = urlencode(pairs)
+    return f"{path}?{query}" if query else path
+
+
+def mask_query(query: str) -> str:
+    """Query values can be personal data (a searched e-mail): keep the names, mask the values."""
+    if not query:
+        return ""
+    return "&".join(f"{name}=***" for name, _ in parse_qsl(query, keep_blank_values=True))
+
+
+def _iso_now() -> str:
+    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+class Shadowing:
+    """Owns shadow jobs' shared parts: the dispatcher, the noise learners, the stats, the sink."""
+
+    def __init__(
+        self,
+        clients: UpstreamClients,
+        dispatcher: MirrorDispatcher,
+        stats: ShadowStats,
+        hasher: CustomerHasher,
+        sink: RecordSink | None,
+    ) -> None:
+        self.clients = clients
+        self.dispatcher = dispatcher
+        self.stats = stats
+        self.hasher = hasher
+        self.sink = sink
+        self._learners: dict[str, NoiseLearner] = {}
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cutover-compare")
+
+    def close(self) -> None:
+        self._executor.shutdown(wait=False, cancel_futures=True)
+
+    def learner(self, route: str) -> NoiseLearner:
+        learner = self._learners.get(route)
+        if learner is None:
+            learner = self._learners[route] = NoiseLearner()
+        return learner
+
+    def noise_report(self) -> dict[str, dict[str, int]]:
+        return {name: dict(lr.snapshot().counts) for name, lr in self._learners.items()}
+
+    def start(
+        self,
+        decision: Decision,
+        secondary: Upstream,
+        primary: Upstream,
+        *,
+        method: str,
+        path: str,
+        query: str,
+        client: ClientHeaders,
+        request_id: str,
+        probe_noise: bool,
+    ) -> Pending | None:
+        """Submit the secondary read; None when the dispatcher dropped it (counted)."""
+        route = decision.route
+        identity = decision.identity
+        cell: Cell = (route.name, identity.channel, identity.cohort)
+        pending = Pending(capture=Capture(route.rules.max_body))
+        exchange = _Exchange(
+            shadowing=self,
+            decision=decision,
+            cell=cell,
+            secondary=secondary,
+            primary=primary,
+            method=method,
+            path=path,
+            query=query,
+            client=client,
+            request_id=request_id,
+            pending=pending,
+            probe_noise=probe_noise,
+        )
+        reason = self.dispatcher.submit(secondary.name, secondary.mirror, exchange.run)
+        if reason is not None:
+            self.stats.dropped(cell, reason)
+            return None
+        return pending
+
+    async def fetch(
+        self, upstream: Upstream, method: str, target: str, headers: CIMultiDict[str], cap: int
+    ) -> Answer:
+        """One secondary-role request, its whole body teed into a capture, within 2 x timeout."""
+        started = time.monotonic()
+        capture = Capture(cap)
+        try:
+            async with asyncio.timeout(upstream.timeout * 2):
+                async with self.clients.request(
+                    upstream, "secondary", method, target, headers
+                ) as r:
+                    async for chunk in r.content.iter_chunked(READ_CHUNK):
+                        capture.feed(chunk)
+                    observation = capture.observation(r.status, r.headers)
+        except TimeoutError:
+            return Answer(None, (time.monotonic() - started) * 1000, "upstream-timeout")
+        except UpstreamError as exc:
+            return Answer(None, (time.monotonic() - started) * 1000, exc.kind)
+        return Answer(observation, (time.monotonic() - started) * 1000)
+
+    async def compare(
+        self, old: Observation, new: Observation, rules: CompareRules, route: str
+    ) -> Comparison:
+        noise = self._learners[route].snapshot() if route in self._learners else None
+        if max(old.body_size, new.body_size) <= COMPARE_OFF_LOOP:
+            return compare(old, new, rules, noise=noise)
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(
+            self._executor, lambda: compare(old, new, rules, noise=noise)
+        )
+
+
+@dataclass(slots=True)
+class _Exchange:
+    """One shadow job: candidate request, wait for the control, compare, record."""
+
+    shadowing: Shadowing
+    decision: Decision
+    cell: Cell
+    secondary: Upstream
+    primary: Upstream
+    method: str
+    path: str
+    query: str
+    client: ClientHeaders
+    request_id: str
+    pending: Pending
+    probe_noise: bool
+
+    async def run(self) -> None:
+        route = self.decision.route
+        sh = self.shadowing
+        target = target_for(route, self.secondary.side, self.path, self.query)
+        headers = self.client.for_secondary(self.secondary, route, self.request_id, "shadow")
+        candidate = await sh.fetch(
+            self.secondary, self.method, target, headers, route.rules.max_body
+        )
+        control = await self.pending.future
+        if control is None:
+            sh.stats.count(self.cell, "aborted")
+            return
+        if control.observation is None or candidate.observation is None:
+            sh.stats.count(self.cell, "error")
+            self._record(control, candidate, None)
+            return
+        old, new = self._oriented(control, candidate)
+        assert old.observation is not None
+        assert new.observation is not None
+        comparison = await sh.compare(old.observation, new.observation, route.rules, route.name)
+        sh.stats.count(
+            self.cell, "match" if comparison.match else "mismatch", noisy=bool(comparison.noise)
+        )
+        if comparison.differences:
+            sh.stats.paths(route.name, [d.path for d in comparison.differences])
+        self._record(control, candidate, comparison)
+        if self.probe_noise:
+            self._probe(control.observation)
+
+    def _oriented(self, control: Answer, candidate: Answer) -> tuple[Answer, Answer]:
+        """(old, new): comparisons always read old against new, whoever was primary."""
+        return (control, candidate) if self.decision.primary == "old" else (candidate, control)
+
+    def _probe(self, first: Observation) -> None:
+        """Ask the primary again: what differs between two of its own answers is noise."""
+        route = self.decision.route
+        sh = self.shadowing
+        target = target_for(route, self.primary.side, self.path, self.query)
+        headers = self.client.for_secondary(self.primary, route, self.request_id, "noise-probe")
+        side = self.primary.side
+
+        async def probe() -> None:
+            again = await sh.fetch(self.primary, self.method, target, headers, route.rules.max_body)
+            if again.observation is None:
+                return
+            comparison = compare_repeat(first, again.observation, route.rules, side=side)
+            sh.learner(route.name).learn(comparison)
+
+        reason = sh.dispatcher.submit(self.primary.name, self.primary.mirror, probe)
+        if reason is not None:
+            sh.stats.drop_reasons[f"noise_probe_{reason}"] += 1
+
+    def _record(self, control: Answer, candidate: Answer, comparison: Comparison | None) -> None:
+        sink = self.shadowing.sink
+        if sink is None:
+            return
+        decision = self.decision
+        rules = decision.route.rules
+        old, new = self._oriented(control, candidate)
+        record: dict[str, Any] = {
+            "ts": _iso_now(),
+            "kind": "shadow",
+            "request_id": self.request_id,
+            "route": decision.route.name,
+            "channel": decision.identity.channel,
+            "cohort": decision.identity.cohort,
+            "customer": self.shadowing.hasher(decision.identity.customer),
+            "method": self.method,
+            "path": self._masked_path(),
+            "query": mask_query(self.query),
+            "primary": decision.primary,
+            "status": {
+                "old": old.observation.status if old.observation else None,
+                "new": new.observation.status if new.observation else None,
+            },
+            "latency_ms": {"old": round(old.latency_ms, 2), "new": round(new.latency_ms, 2)},
+        }
+        if comparison is None:
+            failed = "old" if old.error else "new"
+            record.update(
+                result="error",
+                match=False,
+                mode=None,
+                differences=[],
+                noise=[],
+                error={"side": failed, "kind": old.error or new.error},
+            )
+        else:
+            record.update(
+                result="match" if comparison.match else "mismatch",
+                match=comparison.match,
+                mode=comparison.mode,
+                differences=[_diff(redact_difference(d, rules)) for d in comparison.differences],
+                noise=[_diff(redact_difference(d, rules)) for d in comparison.noise],
+                error=None,
+            )
+            small = (
+                max(
+                    old.observation.body_size if old.observation else 0,
+                    new.observation.body_size if new.observation else 0,
+                )
+                <= RECORD_BODIES_UP_TO
+            )
+            if not comparison.match and comparison.mode == "json" and small:
+                record["bodies"] = {
+                    "old": redact_doc(comparison.old_doc, rules),
+                    "new": redact_doc(comparison.new_doc, rules),
+                }
+        if not sink.submit(record):
+            self.shadowing.stats.drop_reasons["diff_log_full"] += 1
+
+    def _masked_path(self) -> str:
+        """The path, with the customer key (when it appears in it) replaced by its hash."""
+        customer = self.decision.identity.customer
+        if customer and customer in self.path:
+            return self.path.replace(customer, self.shadowing.hasher(customer) or "***")
+        return self.path
+
+
+def _diff(difference: Difference) -> dict[str, Any]:
+    return {
+        "path": difference.path,
+        "kind": difference.kind,
+        "old": difference.old,
+        "new": difference.new,
+    }
