@@ -24,7 +24,7 @@ from proxy.config.units import split_host_port
 from proxy.mirror import MirrorDispatcher
 from proxy.observe import CustomerHasher
 from proxy.server import Proxy, make_app
-from proxy.shadowing import Shadowing
+from proxy.shadowing import RecordSink, Shadowing
 from proxy.state import TableStore
 from proxy.upstream import UpstreamClients
 from shadow.stats import ShadowStats
@@ -62,11 +62,13 @@ class Running:
         await self.runner.cleanup()
 
 
-async def start(table: RouteTable, *, reuse_port: bool = False) -> Running:
+async def start(
+    table: RouteTable, *, reuse_port: bool = False, sink: RecordSink | None = None
+) -> Running:
     store = TableStore(table)
     clients = UpstreamClients()
     hasher = CustomerHasher(table.migration)
-    shadowing = Shadowing(clients, MirrorDispatcher(), ShadowStats(), hasher, sink=None)
+    shadowing = Shadowing(clients, MirrorDispatcher(), ShadowStats(), hasher, sink=sink)
     proxy = Proxy(store, clients, hasher=hasher, shadowing=shadowing)
     app = make_app(proxy)
     runner = web.AppRunner(

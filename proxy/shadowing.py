@@ -392,6 +392,12 @@ class _Exchange:
                     "old": redact_doc(comparison.old_doc, rules),
                     "new": redact_doc(comparison.new_doc, rules),
                 }
+        customer = decision.identity.customer
+        if customer is not None:
+            hashed = self.shadowing.hasher(customer) or "***"
+            for key in ("differences", "noise", "bodies"):
+                if key in record:
+                    record[key] = scrub(record[key], customer, hashed)
         if not sink.submit(record):
             self.shadowing.stats.drop_reasons["diff_log_full"] += 1
 
@@ -401,6 +407,18 @@ class _Exchange:
         if customer and customer in self.path:
             return self.path.replace(customer, self.shadowing.hasher(customer) or "***")
         return self.path
+
+
+def scrub(value: Any, secret: str, replacement: str) -> Any:
+    """A copy of a JSON value with every occurrence of `secret` in its strings replaced: the
+    customer key is personal data wherever a platform happens to echo it."""
+    if isinstance(value, str):
+        return value.replace(secret, replacement) if secret in value else value
+    if isinstance(value, dict):
+        return {k: scrub(v, secret, replacement) for k, v in value.items()}
+    if isinstance(value, list):
+        return [scrub(v, secret, replacement) for v in value]
+    return value
 
 
 def _diff(difference: Difference) -> dict[str, Any]:

@@ -67,3 +67,22 @@ def with_changes(doc: dict[str, Any], **changes: Any) -> dict[str, Any]:
     out = copy.deepcopy(doc)
     out.update(changes)
     return out
+
+
+def demo_doc(sims: Any) -> dict[str, Any]:
+    """The repository's routes.yaml as a document, pointed at simulators on free ports."""
+    from ruamel.yaml import YAML
+
+    doc: dict[str, Any] = orjson.loads(orjson.dumps(YAML(typ="safe").load(REPO / "routes.yaml")))
+    for side, api, app in (
+        ("old", "crm", sims.old_crm),
+        ("old", "ticketing", sims.old_ticketing),
+        ("new", "crm", sims.new_crm),
+        ("new", "ticketing", sims.new_ticketing),
+    ):
+        doc["platforms"][side][api]["url"] = app.url
+    doc["listen"] = "127.0.0.1:0"
+    doc.pop("admin", None)
+    doc.pop("store", None)
+    doc.pop("diff_log", None)
+    return doc

@@ -20,7 +20,7 @@ def blocked_job(started: list[int], release: asyncio.Event, i: int):
 async def test_concurrency_then_queue_then_drop():
     dispatcher = MirrorDispatcher()
     limits = MirrorLimits(concurrency=2, queue=3, rate=0)
-    release, started = asyncio.Event(), []
+    release, started = asyncio.Event(), list[int]()
     reasons = [
         dispatcher.submit("new-crm", limits, blocked_job(started, release, i)) for i in range(7)
     ]

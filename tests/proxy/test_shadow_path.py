@@ -1,0 +1,252 @@
+"""Shadow reads through an in-process cutover in front of the demo platforms (real sockets):
+the client gets the primary's answer whatever the secondary does; comparisons are recorded."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import aiohttp
+import pytest
+from aiohttp import web
+
+from proxy.config import parse_config
+from proxy.demo.platforms import Simulators
+from proxy.runner import Running, start
+from tests.configs import base_doc, demo_doc, dump
+from tests.processes import wait_for
+
+
+class Sink(list[dict[str, Any]]):
+    def submit(self, record: dict[str, Any]) -> bool:
+        self.append(record)
+        return True
+
+
+def demo_text(sims: Simulators) -> str:
+    return dump(demo_doc(sims)).decode()
+
+
+@pytest.fixture
+async def demo(sims: Simulators) -> AsyncIterator[tuple[Running, Sink]]:
+    sink = Sink()
+    running = await start(parse_config(demo_text(sims), env={}), sink=sink)
+    yield running, sink
+    await running.stop()
+
+
+async def get(running: Running, path: str, **headers: str) -> aiohttp.ClientResponse:
+    async with (
+        aiohttp.ClientSession() as session,
+        session.get(f"http://127.0.0.1:{running.port}{path}", headers=headers) as response,
+    ):
+        await response.read()
+        return response
+
+
+def stats(running: Running) -> dict[str, Any]:
+    assert running.proxy.shadowing is not None
+    return running.proxy.shadowing.stats.snapshot()["routes"]  # type: ignore[return-value]
+
+
+async def test_contract_rules_line_the_two_schemas_up(sims: Simulators, demo):
+    """With the demo's contract and compare rules, a customer without seeded discrepancies
+    matches, and the seeded ones show exactly their field."""
+    running, sink = demo
+    await get(running, "/api/contacts?customer=C-1010", **{"X-Customer-Id": "C-1010"})
+    await get(running, "/api/contacts?customer=C-1002", **{"X-Customer-Id": "C-1002"})
+    await wait_for(lambda: len(sink) == 2, what="two diff records")
+    by_query = {r["customer"]: r for r in sink}
+    assert len(by_query) == 2
+    results = sorted((r["result"], [d["path"] for d in r["differences"]]) for r in sink)
+    assert results == [("match", []), ("mismatch", ["$.items[0].balance"])]
+    seen = sims.new_crm.requests()[-1]
+    assert seen.header("X-Cutover-Mirror") == "shadow"
+    assert seen.path.startswith("/v2/contacts?customer=C-10")
+
+
+async def test_without_rules_the_schema_differences_show(sims: Simulators):
+    doc = base_doc(
+        sims.old_crm.url, sims.new_crm.url, sims.old_ticketing.url, sims.new_ticketing.url
+    )
+    doc["routes"][0].update(shadow_percent=100, contract={"new_path": "/v2/contacts"})
+    sink = Sink()
+    running = await start(parse_config(dump(doc), env={}), sink=sink)
+    try:
+        await get(running, "/api/contacts?customer=C-1010", **{"X-Customer-Id": "C-1010"})
+        await wait_for(lambda: sink, what="a diff record")
+    finally:
+        await running.stop()
+    paths = {d["path"] for d in sink[0]["differences"]}
+    assert {"$.items", "$.data", "$.total", "$.meta"} <= paths
+    assert sink[0]["result"] == "mismatch"
+
+
+async def test_the_client_never_waits_for_a_slow_secondary(sims: Simulators, demo):
+    """With the new platform 2 s slow, the client's answer arrives while the comparison still waits."""
+    running, sink = demo
+    sims.new_crm.set_faults("slow", delay_ms=2000)
+    since = sims.new_crm.last_seq
+    response = await get(running, "/api/contacts?customer=C-1010", **{"X-Customer-Id": "C-1010"})
+    assert response.status == 200
+    assert response.headers["X-Cutover-Platform"] == "old"
+    assert sims.new_crm.requests(since), "the shadow read was sent"
+    assert sink == [], "the comparison had not finished when the client was answered"
+    await wait_for(lambda: sink, timeout=10, what="the late comparison")
+    assert sink[0]["result"] == "match"
+    assert sink[0]["latency_ms"]["new"] >= 2000
+
+
+async def test_secondary_down_reset_or_garbage_never_reaches_the_client(sims: Simulators, demo):
+    running, sink = demo
+    expected = await get(running, "/api/contacts?customer=C-1010", **{"X-Customer-Id": "C-1010"})
+    await wait_for(lambda: len(sink) == 1, what="baseline record")
+    for fault in ("garbage", "reset", "down"):
+        if fault == "down":
+            await sims.new_crm.go_down()
+        else:
+            sims.new_crm.set_faults(fault)
+        response = await get(
+            running, "/api/contacts?customer=C-1010", **{"X-Customer-Id": "C-1010"}
+        )
+        assert response.status == expected.status
+        assert response.headers["Content-Length"] == expected.headers["Content-Length"]
+    await wait_for(lambda: len(sink) == 4, what="three more records")
+    assert [r["result"] for r in sink[1:]] == ["mismatch", "error", "error"]
+    assert sink[1]["differences"][0]["kind"] == "type"
+    assert sink[2]["error"] == {"side": "new", "kind": "upstream-unreachable"}
+    assert stats(running)["contacts"]["error"] == 2
+
+
+async def test_mirrors_past_the_limits_are_dropped_and_counted(sims: Simulators):
+    doc = demo_doc(sims)
+    doc["platforms"]["new"]["crm"]["mirror"] = {"concurrency": 1, "queue": 1}
+    text = dump(doc).decode()
+    sink = Sink()
+    running = await start(parse_config(text, env={}), sink=sink)
+    try:
+        await sims.new_crm.go_down()
+        sims.new_crm.set_faults("slow", delay_ms=3000)
+        for _ in range(10):
+            response = await get(
+                running, "/api/contacts?customer=C-1010", **{"X-Customer-Id": "C-1010"}
+            )
+            assert response.status == 200
+        assert stats(running)["contacts"]["dropped"] == 8
+        assert running.proxy.shadowing is not None
+        assert running.proxy.shadowing.stats.drop_reasons["queue_full"] == 8
+    finally:
+        await running.stop()
+
+
+async def test_writes_are_not_mirrored(sims: Simulators, demo):
+    running, _ = demo
+    since = sims.new_crm.last_seq
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(
+            f"http://127.0.0.1:{running.port}/api/contacts",
+            json={"customer": "C-9999", "full_name": "New Person"},
+            headers={"X-Customer-Id": "C-9999"},
+        ) as response,
+    ):
+        assert response.status == 201
+    await get(running, "/api/contacts?customer=C-1010", **{"X-Customer-Id": "C-1010"})
+    await wait_for(lambda: sims.new_crm.requests(since), what="the shadow read")
+    assert [r.method for r in sims.new_crm.requests(since)] == ["GET"]
+
+
+async def test_secondary_gets_its_own_credentials_never_the_clients(sims: Simulators):
+    doc = demo_doc(sims)
+    doc["platforms"]["new"]["crm"]["headers"] = {"Authorization": "Bearer new-key"}
+    text = dump(doc).decode()
+    running = await start(parse_config(text, env={}), sink=Sink())
+    try:
+        since = sims.new_crm.last_seq
+        await get(
+            running,
+            "/api/contacts?customer=C-1010",
+            **{"X-Customer-Id": "C-1010", "Authorization": "Bearer client-secret"},
+        )
+        seen = await wait_for(lambda: sims.new_crm.requests(since), what="the shadow read")
+    finally:
+        await running.stop()
+    assert seen[0].header("Authorization") == "Bearer new-key"
+    assert sims.old_crm.requests()[-1].header("Authorization") == "Bearer client-secret"
+
+
+async def test_new_primary_is_compared_as_old_against_new(sims: Simulators, demo):
+    """A pilot customer on chat is served by new; the record still reads old vs new."""
+    running, sink = demo
+    response = await get(
+        running, "/api/contacts?customer=C-1002", **{"X-Customer-Id": "C-1002", "X-Channel": "chat"}
+    )
+    assert response.headers["X-Cutover-Platform"] == "new"
+    await wait_for(lambda: sink, what="a diff record")
+    record = sink[0]
+    assert record["primary"] == "new"
+    assert record["cohort"] == "pilot"
+    [difference] = record["differences"]
+    assert difference["path"] == "$.items[0].balance"
+    wrong = next(d for d in sims.discrepancies if d.old_id == 1002)
+    assert (difference["old"], difference["new"]) == (wrong.old_value, wrong.new_value)
+
+
+async def test_redacted_fields_never_reach_the_record(sims: Simulators, demo):
+    running, sink = demo
+    sims.new_crm.set_faults("wrong_field", field="email", value="leak@example.com")
+    await get(running, "/api/contacts?customer=C-1010", **{"X-Customer-Id": "C-1010"})
+    await wait_for(lambda: sink, what="a diff record")
+    record = sink[0]
+    assert record["differences"] == [
+        {"path": "$.items[0].email", "kind": "changed", "old": "***", "new": "***"}
+    ]
+    text = repr(record)
+    assert "leak@example.com" not in text
+    assert "C-1010" not in text
+    assert record["bodies"]["new"]["items"][0]["email"] == "***"
+    assert record["bodies"]["old"]["items"][0]["phone"] == "***"
+
+
+async def test_noise_probe_learns_fields_that_differ_between_two_answers_of_one_platform():
+    """Diffy's idea: what changes between two calls of the same platform is noise, reported apart."""
+    served = {"old": 0, "new": 0}
+
+    def platform(side: str, name: str) -> web.Application:
+        async def handler(request: web.Request) -> web.Response:
+            served[side] += 1
+            return web.json_response({"id": 1, "name": name, "served": served[side]})
+
+        app = web.Application()
+        app.router.add_get("/api/contacts", handler)
+        return app
+
+    runners = []
+    ports = []
+    for side, name in (("old", "Ada"), ("new", "Ada L.")):
+        runner = web.AppRunner(platform(side, name))
+        await runner.setup()
+        await web.TCPSite(runner, "127.0.0.1", 0).start()
+        runners.append(runner)
+        ports.append(runner.addresses[0][1])
+    doc = base_doc(f"http://127.0.0.1:{ports[0]}", f"http://127.0.0.1:{ports[1]}")
+    doc["routes"][0].update(shadow_percent=100, compare={"noise_probe_percent": 100})
+    sink = Sink()
+    running = await start(parse_config(dump(doc), env={}), sink=sink)
+    try:
+        shadowing = running.proxy.shadowing
+        assert shadowing is not None
+        for n in range(1, 4):
+            await get(running, "/api/contacts", **{"X-Customer-Id": "C-1"})
+            await wait_for(lambda: len(sink) == n, what=f"record {n}")  # noqa: B023 - awaited here
+        await wait_for(lambda: shadowing.noise_report().get("contacts"), what="noise learnt")
+        await get(running, "/api/contacts", **{"X-Customer-Id": "C-1"})
+        await wait_for(lambda: len(sink) == 4, what="the fourth record")
+    finally:
+        await running.stop()
+        for runner in runners:
+            await runner.cleanup()
+    last = sink[-1]
+    assert [d["path"] for d in last["differences"]] == ["$.name"]
+    assert [d["path"] for d in last["noise"]] == ["$.served"]
+    assert shadowing.noise_report()["contacts"]["$.served"] >= 1
