@@ -15,6 +15,7 @@ from collections.abc import Callable, Sequence
 import orjson
 
 from proxy.config import ConfigError, load_config
+from shadow.diffcli import add_diff_command
 
 DEFAULT_CONFIG = os.environ.get("CUTOVER_CONFIG", "routes.yaml")
 Command = Callable[[argparse.Namespace], int]
@@ -84,6 +85,8 @@ def build_parser() -> argparse.ArgumentParser:
     validate.add_argument("file", nargs="?", help="the file (default: --config)")
     validate.add_argument("--json", action="store_true", help="machine-readable output")
     validate.set_defaults(func=_validate)
+
+    add_diff_command(sub)
 
     demo = sub.add_parser("demo", help="simulated old and new platforms with cutover in front")
     demo.add_argument("--port", type=int, default=8080, help="cutover's port (default 8080)")

@@ -10,6 +10,8 @@ Shutdown order (STYLE.md §7), carried by aiohttp's runner and the apps' cleanup
 from __future__ import annotations
 
 import asyncio
+import os
+import re
 import signal
 import socket
 from collections.abc import Awaitable, Callable
@@ -27,6 +29,7 @@ from proxy.server import Proxy, make_app
 from proxy.shadowing import RecordSink, Shadowing
 from proxy.state import TableStore
 from proxy.upstream import UpstreamClients
+from shadow.difflog import DiffLogWriter
 from shadow.stats import ShadowStats
 
 log = structlog.get_logger("cutover.runner")
@@ -62,14 +65,35 @@ class Running:
         await self.runner.cleanup()
 
 
+def instance_id(table: RouteTable) -> str:
+    """Stable across restarts of the same instance (its diff log and fleet status keep their
+    names): $CUTOVER_INSTANCE_ID, else host name and port."""
+    explicit = os.environ.get("CUTOVER_INSTANCE_ID")
+    if explicit:
+        return re.sub(r"[^A-Za-z0-9_.-]", "-", explicit)[:100]
+    host = re.sub(r"[^A-Za-z0-9_.-]", "-", socket.gethostname())[:60] or "cutover"
+    return f"{host}-{split_host_port(table.spec.listen)[1]}"
+
+
 async def start(
     table: RouteTable, *, reuse_port: bool = False, sink: RecordSink | None = None
 ) -> Running:
     store = TableStore(table)
     clients = UpstreamClients()
     hasher = CustomerHasher(table.migration)
+    writer: DiffLogWriter | None = None
+    if sink is None:
+        spec = table.spec.diff_log
+        writer = DiffLogWriter(
+            table.resolve(spec.dir),
+            instance=instance_id(table),
+            max_size=spec.max_size,
+            keep=spec.keep,
+        )
+        writer.start()
+        sink = writer
     shadowing = Shadowing(clients, MirrorDispatcher(), ShadowStats(), hasher, sink=sink)
-    proxy = Proxy(store, clients, hasher=hasher, shadowing=shadowing)
+    proxy = Proxy(store, clients, hasher=hasher, shadowing=shadowing, difflog=writer)
     app = make_app(proxy)
     runner = web.AppRunner(
         app, access_log=None, handle_signals=False, shutdown_timeout=SHUTDOWN_TIMEOUT

@@ -10,6 +10,7 @@ request, upstream down or slow) is RFC 9457 problem JSON naming the route and th
 
 from __future__ import annotations
 
+import asyncio
 import random
 import time
 from dataclasses import dataclass, field
@@ -45,6 +46,7 @@ from proxy.shadowing import Capture, ClientHeaders, Pending, Shadowing, target_f
 from proxy.state import TableStore
 from proxy.supervisor import Supervisor
 from proxy.upstream import UpstreamClients
+from shadow.difflog import DiffLogWriter
 
 log = structlog.get_logger("cutover.proxy")
 
@@ -56,6 +58,8 @@ BUFFER_REQUEST_BODY = 256 * 1024
 STREAM_CHUNK = 64 * 1024
 #: at shutdown, mirrors in flight get this long to finish; queued ones are dropped and counted
 MIRROR_DRAIN_TIMEOUT = 5.0
+#: at shutdown, the diff log writer gets this long to write what is queued
+DIFF_LOG_CLOSE_TIMEOUT = 5.0
 
 
 def canonical_path(raw_path: str) -> str:
@@ -112,12 +116,14 @@ class Proxy:
         supervisor: Supervisor | None = None,
         hasher: CustomerHasher | None = None,
         shadowing: Shadowing | None = None,
+        difflog: DiffLogWriter | None = None,
     ) -> None:
         self.store = store
         self.clients = clients
         self.supervisor = supervisor or Supervisor("proxy")
         self.hasher = hasher or CustomerHasher(store.table.migration)
         self.shadowing = shadowing
+        self.difflog = difflog
         self._random = random.Random()  # noqa: S311 - sampling the shadow share, not a secret
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
@@ -356,6 +362,11 @@ def make_app(proxy: Proxy, *, client_max_size: int = 1024**2) -> web.Application
         if proxy.shadowing is not None:
             await proxy.shadowing.dispatcher.drain(timeout=MIRROR_DRAIN_TIMEOUT)
             proxy.shadowing.close()
+        if proxy.difflog is not None:
+            writer = proxy.difflog
+            await asyncio.get_running_loop().run_in_executor(
+                None, lambda: writer.close(timeout=DIFF_LOG_CLOSE_TIMEOUT)
+            )
 
     # cleanup runs in reverse: mirrors drain before the sessions they use are closed
     app.cleanup_ctx.append(upstream_sessions)
