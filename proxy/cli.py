@@ -15,6 +15,7 @@ from collections.abc import Callable, Sequence
 import orjson
 
 from proxy.config import ConfigError, load_config
+from proxy.dualwrite.cli import add_commands as add_outbox_commands
 from shadow.diffcli import add_diff_command
 
 DEFAULT_CONFIG = os.environ.get("CUTOVER_CONFIG", "routes.yaml")
@@ -87,6 +88,7 @@ def build_parser() -> argparse.ArgumentParser:
     validate.set_defaults(func=_validate)
 
     add_diff_command(sub)
+    add_outbox_commands(sub)
 
     demo = sub.add_parser("demo", help="simulated old and new platforms with cutover in front")
     demo.add_argument("--port", type=int, default=8080, help="cutover's port (default 8080)")

@@ -7,9 +7,11 @@
     ├── RequestRejected             the client's request is refused before any upstream sees it
     │   ├── BadRequest              400: malformed path, identity or framing
     │   ├── PayloadTooLarge         413
-    │   └── NoRoute                 404
+    │   ├── NoRoute                 404
+    │   └── OutboxUnavailable       503: a dual-write cannot be journaled, so it is not accepted
     └── UpstreamError               an upstream failed; the answer names the route and platform
-        ├── UpstreamConnectError    502: refused, reset, closed early
+        ├── UpstreamConnectError    502: reset or closed early (the request may have arrived)
+        │   └── UpstreamRefused     502: could not connect (the request certainly did not arrive)
         ├── UpstreamProtocolError   502: not valid HTTP, or not what cutover can relay
         └── UpstreamTimeout         504: connect or answer past the upstream's timeout
 """
@@ -47,6 +49,12 @@ class NoRoute(RequestRejected):
     title = "No route"
 
 
+class OutboxUnavailable(RequestRejected):
+    status = 503
+    kind = "outbox-unavailable"
+    title = "Outbox unavailable"
+
+
 class UpstreamError(CutoverError):
     status = 502
     kind = "upstream-error"
@@ -61,6 +69,10 @@ class UpstreamError(CutoverError):
 class UpstreamConnectError(UpstreamError):
     kind = "upstream-unreachable"
     title = "Upstream unreachable"
+
+
+class UpstreamRefused(UpstreamConnectError):
+    """Connecting failed, so nothing was sent: a write can be forgotten safely."""
 
 
 class UpstreamProtocolError(UpstreamError):

@@ -18,7 +18,7 @@ from proxy.config.table import RollbackKey, Route, RouteTable
 from proxy.identity import Identity
 
 BUCKETS = 10_000
-Reason = Literal["weight", "rollback", "no-customer"]
+Reason = Literal["weight", "rollback", "no-customer", "affinity"]
 
 
 def bucket_of(salt: str, customer: str) -> int:
@@ -64,12 +64,17 @@ def decide(
     method: str,
     sample: int,
     extra_rollback: frozenset[RollbackKey] = frozenset(),
+    affinity: Side | None = None,
 ) -> Decision:
     """`sample` is a uniform draw in [0, 10000) for the shadow share, made by the caller so that
-    this function stays deterministic."""
+    this function stays deterministic. `affinity` names the only platform holding the record the
+    request is about; it wins over weights and rollback (the other platform cannot serve it),
+    and nothing is shadowed."""
     is_read = method in READ_METHODS
     shadow = is_read and sample < route.shadow_bp
     dual_write = not is_read and route.spec.dual_write
+    if affinity is not None:  # the record lives on one platform only: only it can serve it
+        return Decision(route, identity, affinity, "affinity", None, False, dual_write)
     cell = (route.name, identity.channel, identity.cohort)
     if is_rolled_back(table.rollback, *cell) or is_rolled_back(extra_rollback, *cell):
         return Decision(route, identity, "old", "rollback", None, shadow, dual_write)

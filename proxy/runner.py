@@ -14,23 +14,20 @@ import os
 import re
 import signal
 import socket
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 
 import aiohttp.http_parser
 import structlog
 from aiohttp import web
 
+from proxy.app import Parts, build
 from proxy.config import RouteTable, load_config
 from proxy.config.units import split_host_port
-from proxy.mirror import MirrorDispatcher
-from proxy.observe import CustomerHasher
-from proxy.server import Proxy, make_app
-from proxy.shadowing import RecordSink, Shadowing
+from proxy.dualwrite.model import IdEntry
+from proxy.server import Proxy
+from proxy.shadowing import RecordSink
 from proxy.state import TableStore
-from proxy.upstream import UpstreamClients
-from shadow.difflog import DiffLogWriter
-from shadow.stats import ShadowStats
 
 log = structlog.get_logger("cutover.runner")
 
@@ -60,6 +57,7 @@ class Running:
     proxy: Proxy
     runner: web.AppRunner
     port: int
+    parts: Parts
 
     async def stop(self) -> None:
         await self.runner.cleanup()
@@ -76,25 +74,13 @@ def instance_id(table: RouteTable) -> str:
 
 
 async def start(
-    table: RouteTable, *, reuse_port: bool = False, sink: RecordSink | None = None
+    table: RouteTable,
+    *,
+    reuse_port: bool = False,
+    sink: RecordSink | None = None,
+    preload_ids: Iterable[IdEntry] = (),
 ) -> Running:
-    store = TableStore(table)
-    clients = UpstreamClients()
-    hasher = CustomerHasher(table.migration)
-    writer: DiffLogWriter | None = None
-    if sink is None:
-        spec = table.spec.diff_log
-        writer = DiffLogWriter(
-            table.resolve(spec.dir),
-            instance=instance_id(table),
-            max_size=spec.max_size,
-            keep=spec.keep,
-        )
-        writer.start()
-        sink = writer
-    shadowing = Shadowing(clients, MirrorDispatcher(), ShadowStats(), hasher, sink=sink)
-    proxy = Proxy(store, clients, hasher=hasher, shadowing=shadowing, difflog=writer)
-    app = make_app(proxy)
+    app, parts = build(table, instance=instance_id(table), sink=sink, preload_ids=preload_ids)
     runner = web.AppRunner(
         app, access_log=None, handle_signals=False, shutdown_timeout=SHUTDOWN_TIMEOUT
     )
@@ -109,8 +95,9 @@ async def start(
         version=table.version,
         migration=table.migration,
         routes=len(table.routes),
+        instance=parts.instance,
     )
-    return Running(table, store, proxy, runner, bound)
+    return Running(table, parts.tables, parts.proxy, runner, bound, parts)
 
 
 def _bound_port(runner: web.AppRunner) -> int | None:

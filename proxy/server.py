@@ -10,22 +10,25 @@ request, upstream down or slow) is RFC 9457 problem JSON naming the route and th
 
 from __future__ import annotations
 
-import asyncio
 import random
 import time
 from dataclasses import dataclass, field
 from typing import Any
 
+import orjson
 import structlog
 from aiohttp import ClientResponse, web
+from multidict import CIMultiDict
 
 from proxy.config.spec import ALL_METHODS, Side
-from proxy.config.table import Route, RouteTable, Upstream
+from proxy.config.table import Route, RouteTable
+from proxy.dualwrite.journal import DualWrite
 from proxy.errors import (
     BadRequest,
     ClientGone,
     CutoverError,
     NoRoute,
+    PayloadTooLarge,
     RequestRejected,
     UpstreamError,
 )
@@ -41,10 +44,11 @@ from proxy.headers import (
 from proxy.identity import BadIdentity, Identity, identify
 from proxy.observe import CustomerHasher
 from proxy.problem import problem
-from proxy.routing import decide
-from proxy.shadowing import Capture, ClientHeaders, Pending, Shadowing, target_for
+from proxy.routing import Decision, decide
+from proxy.shadowing import Capture, ClientHeaders, Pending, Shadowing
 from proxy.state import TableStore
 from proxy.supervisor import Supervisor
+from proxy.translate import Resolved, Translator, Unresolved
 from proxy.upstream import UpstreamClients
 from shadow.difflog import DiffLogWriter
 
@@ -56,10 +60,6 @@ SMALL_BODY = 256 * 1024
 #: request bodies up to this size are read whole before forwarding; larger ones are streamed
 BUFFER_REQUEST_BODY = 256 * 1024
 STREAM_CHUNK = 64 * 1024
-#: at shutdown, mirrors in flight get this long to finish; queued ones are dropped and counted
-MIRROR_DRAIN_TIMEOUT = 5.0
-#: at shutdown, the diff log writer gets this long to write what is queued
-DIFF_LOG_CLOSE_TIMEOUT = 5.0
 
 
 def canonical_path(raw_path: str) -> str:
@@ -79,6 +79,42 @@ def canonical_path(raw_path: str) -> str:
             if segment in {".", ".."}:
                 raise BadRequest("'.' or '..' segment in the path")
     return raw_path
+
+
+def _is_json(content_type: str | None) -> bool:
+    return content_type is not None and "json" in content_type.lower()
+
+
+async def _read_capped(content: Any, limit: int, length: int | None) -> bytes:
+    """A request body read whole, refused with 413 past `limit`."""
+    if length is not None and length > limit:
+        raise PayloadTooLarge(f"bodies on this route are limited to {limit} bytes")
+    parts: list[bytes] = []
+    size = 0
+    async for chunk in content.iter_any():
+        size += len(chunk)
+        if size > limit:
+            raise PayloadTooLarge(f"bodies on this route are limited to {limit} bytes")
+        parts.append(chunk)
+    return b"".join(parts)
+
+
+async def _read_answer(answer: ClientResponse, limit: int) -> tuple[bytes, bool]:
+    """Up to `limit` bytes of an answer; True when that was all of it."""
+    parts: list[bytes] = []
+    size = 0
+    async for chunk in answer.content.iter_any():
+        parts.append(chunk)
+        size += len(chunk)
+        if size > limit:
+            return b"".join(parts), False
+    return b"".join(parts), True
+
+
+class ReferenceElsewhere(RequestRejected):
+    status = 409
+    kind = "reference-elsewhere"
+    title = "Referenced record is on the other platform"
 
 
 class MidStreamAbort(CutoverError):
@@ -117,6 +153,8 @@ class Proxy:
         hasher: CustomerHasher | None = None,
         shadowing: Shadowing | None = None,
         difflog: DiffLogWriter | None = None,
+        translator: Translator | None = None,
+        dual: DualWrite | None = None,
     ) -> None:
         self.store = store
         self.clients = clients
@@ -124,6 +162,8 @@ class Proxy:
         self.hasher = hasher or CustomerHasher(store.table.migration)
         self.shadowing = shadowing
         self.difflog = difflog
+        self.translator = translator or Translator(None)
+        self.dual = dual
         self._random = random.Random()  # noqa: S311 - sampling the shadow share, not a secret
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
@@ -194,50 +234,21 @@ class Proxy:
         except BadIdentity as exc:
             raise BadRequest(str(exc)) from None
         ex.identity = identity
-        decision = decide(table, route, identity, method, self._random.randrange(10_000))
-        ex.platform = decision.primary
-        upstream = table.upstream(decision.primary, route.api)
-        target = target_for(route, decision.primary, path, query)
+        resolved = await self.translator.resolve(route, path)
+        decision = decide(
+            table,
+            route,
+            identity,
+            method,
+            self._random.randrange(10_000),
+            affinity=resolved.affinity,
+        )
+        ex.platform = primary = decision.primary
+        upstream = table.upstream(primary, route.api)
+        target = await self.translator.path_on(route, primary, path, query, resolved)
+        if target is None:  # affinity sends a one-sided record to its side; this cannot happen
+            raise NoRoute(f"the record of {path} is not on the {primary} platform")
         named = connection_named(request.headers)
-        pending = None
-        if decision.shadow and self.shadowing is not None:
-            client = ClientHeaders(
-                items=tuple(request.headers.items()),
-                named=named,
-                peer=request.remote,
-                proto=request.scheme,
-                host=request.headers.get("Host"),
-            )
-            pending = self.shadowing.start(
-                decision,
-                table.upstream(decision.secondary, route.api),
-                upstream,
-                method=method,
-                path=path,
-                query=query,
-                client=client,
-                request_id=ex.request_id,
-                probe_noise=self._random.random() * 100 < route.rules.noise_probe_percent,
-            )
-        try:
-            return await self._forward(request, upstream, target, ex, named, pending)
-        except UpstreamError as exc:
-            if pending is not None:
-                pending.primary_failed(exc.kind)
-            raise
-        finally:
-            if pending is not None:
-                pending.abandon()
-
-    async def _forward(
-        self,
-        request: web.Request,
-        upstream: Upstream,
-        target: str,
-        ex: Exchange,
-        named: frozenset[str],
-        pending: Pending | None,
-    ) -> web.StreamResponse:
         headers = upstream_request_headers(
             request.headers.items(), named, upstream.headers, secondary=False
         )
@@ -248,51 +259,207 @@ class Proxy:
             host=request.headers.get("Host"),
             request_id=ex.request_id,
         )
-        data: Any = None
-        if request.body_exists:
-            length = request.content_length
-            if length is not None and length <= BUFFER_REQUEST_BODY:
-                data = await request.read()
-            else:
-                data = request.content
-                if length is not None:
-                    headers["Content-Length"] = str(length)
-        async with self.clients.request(
-            upstream, "primary", request.method, target, headers, data
-        ) as answer:
-            response = await self._relay(request, answer, ex, pending.capture if pending else None)
+        journal = self.dual if decision.dual_write else None
+        raw, data = await self._request_body(
+            request, table, route, primary, headers, whole=journal is not None
+        )
+        intent = None
+        if journal is not None:
+            intent = await journal.journal(
+                route,
+                method=method,
+                path=path,
+                query=query,
+                body=raw or b"",
+                content_type=request.headers.get("Content-Type", ""),
+                primary=primary,
+                secondary=decision.secondary,
+                resolved=resolved,
+                request_id=ex.request_id,
+                customer=self.hasher(identity.customer),
+                client_key=request.headers.get("Idempotency-Key"),
+            )
+            headers["Idempotency-Key"] = intent.entry.primary_key
+        pending = await self._start_shadow(
+            request, table, decision, resolved, named, path, query, ex
+        )
+        try:
+            async with self.clients.request(
+                upstream, "primary", method, target, headers, data
+            ) as answer:
+                response, payload = await self._relay(
+                    request,
+                    answer,
+                    ex,
+                    route,
+                    primary,
+                    pending.capture if pending else None,
+                    keep=intent is not None,
+                )
+                status = answer.status
+                if pending is not None:
+                    pending.primary_done(status, answer.headers)
+        except UpstreamError as exc:
             if pending is not None:
-                pending.primary_done(answer.status, answer.headers)
-            return response
+                pending.primary_failed(exc.kind)
+            if journal is not None and intent is not None:
+                await journal.failed(intent, exc)
+            raise
+        finally:
+            if pending is not None:
+                pending.abandon()
+        if journal is not None and intent is not None:
+            await journal.settle(intent, route, status, payload)
+        return response
+
+    async def _start_shadow(
+        self,
+        request: web.Request,
+        table: RouteTable,
+        decision: Decision,
+        resolved: Resolved,
+        named: frozenset[str],
+        path: str,
+        query: str,
+        ex: Exchange,
+    ) -> Pending | None:
+        if not decision.shadow or self.shadowing is None:
+            return None
+        route = decision.route
+        client = ClientHeaders(
+            items=tuple(request.headers.items()),
+            named=named,
+            peer=request.remote,
+            proto=request.scheme,
+            host=request.headers.get("Host"),
+        )
+        return await self.shadowing.start(
+            decision,
+            table.upstream(decision.secondary, route.api),
+            table.upstream(decision.primary, route.api),
+            method=request.method,
+            path=path,
+            query=query,
+            client=client,
+            request_id=ex.request_id,
+            resolved=resolved,
+            probe_noise=self._random.random() * 100 < route.rules.noise_probe_percent,
+        )
+
+    async def _request_body(
+        self,
+        request: web.Request,
+        table: RouteTable,
+        route: Route,
+        side: Side,
+        headers: CIMultiDict[str],
+        *,
+        whole: bool,
+    ) -> tuple[bytes | None, Any]:
+        """(the client's body when it had to be read whole, what to send to the primary).
+
+        Bodies are read whole for the journal and to translate JSON for the new platform (up to
+        `outbox.max_body`, else 413); otherwise small ones are read and large ones streamed."""
+        if not request.body_exists:
+            return None, None
+        length = request.content_length
+        translate = _is_json(request.headers.get("Content-Type")) and (
+            self.translator.translates_request(route, side)
+        )
+        if whole or translate:
+            limit = table.spec.outbox.max_body
+            raw = await _read_capped(request.content, limit, length)
+            if not translate:
+                return raw, raw
+            try:
+                doc = orjson.loads(raw)
+            except orjson.JSONDecodeError:
+                return raw, raw  # the platform says what it thinks of it
+            try:
+                doc = await self.translator.request_doc(route, side, doc)
+            except Unresolved as exc:
+                raise ReferenceElsewhere(
+                    f"the body refers to {exc.resource} {exc.key}, which the {side} platform "
+                    "does not hold"
+                ) from None
+            return raw, orjson.dumps(doc)
+        if length is not None and length <= BUFFER_REQUEST_BODY:
+            return None, await request.read()
+        if length is not None:
+            headers["Content-Length"] = str(length)
+        return None, request.content
 
     async def _relay(
-        self, request: web.Request, answer: ClientResponse, ex: Exchange, capture: Capture | None
-    ) -> web.StreamResponse:
-        """The primary's answer to the client: small ones in one write, large ones streamed;
-        teed into `capture` when a shadow comparison waits for it."""
+        self,
+        request: web.Request,
+        answer: ClientResponse,
+        ex: Exchange,
+        route: Route,
+        side: Side,
+        capture: Capture | None,
+        *,
+        keep: bool,
+    ) -> tuple[web.StreamResponse, bytes | None]:
+        """The primary's answer to the client, and its raw body when it was read whole.
+
+        Small answers are read whole and sent in one write; JSON answers of the new platform are
+        translated to the old contract (up to `outbox.max_body`); the rest is streamed. Teed into
+        `capture` (raw) when a shadow comparison waits for it."""
         headers = client_response_headers(answer.headers.items(), connection_named(answer.headers))
         headers[PLATFORM] = ex.platform or ""
         headers[REQUEST_ID] = ex.request_id
         length = answer.content_length
-        if (
+        translate = self.translator.translates_answer(route, side) and _is_json(
+            answer.headers.get("Content-Type")
+        )
+        limit = self.store.table.spec.outbox.max_body
+        whole = (
             request.method == "HEAD"
             or answer.status in (204, 304)
-            or (length is not None and length <= SMALL_BODY)
-        ):
-            body = await answer.read()
-            if capture is not None:
-                capture.feed(body)
-            response = web.Response(
-                status=answer.status, reason=answer.reason, body=body, headers=headers
-            )
-            if request.method == "HEAD" and length is not None:
-                response.content_length = length
-            return response
+            or (length is not None and length <= (limit if (translate or keep) else SMALL_BODY))
+        )
+        if whole or ((translate or keep) and length is None):
+            body, complete = await _read_answer(answer, limit)
+            if complete:
+                if capture is not None:
+                    capture.feed(body)
+                sent = await self._translated(route, side, body) if translate and body else body
+                response = web.Response(
+                    status=answer.status, reason=answer.reason, body=sent, headers=headers
+                )
+                if request.method == "HEAD" and length is not None:
+                    response.content_length = length
+                return response, body
+            head = body  # too large to translate: relayed as it is, after what was read
+        else:
+            head = b""
+        return await self._stream(request, answer, ex, headers, head, capture), None
+
+    async def _translated(self, route: Route, side: Side, body: bytes) -> bytes:
+        try:
+            doc = orjson.loads(body)
+        except orjson.JSONDecodeError:
+            return body
+        return orjson.dumps(await self.translator.answer_doc(route, side, doc))
+
+    async def _stream(
+        self,
+        request: web.Request,
+        answer: ClientResponse,
+        ex: Exchange,
+        headers: CIMultiDict[str],
+        head: bytes,
+        capture: Capture | None,
+    ) -> web.StreamResponse:
         stream = web.StreamResponse(status=answer.status, reason=answer.reason, headers=headers)
-        if length is not None:
-            stream.content_length = length
+        if answer.content_length is not None:
+            stream.content_length = answer.content_length
         try:
             await stream.prepare(request)
+            if head:
+                if capture is not None:
+                    capture.feed(head)
+                await stream.write(head)
         except ConnectionError as exc:
             raise ClientGone from exc
         chunks = answer.content.iter_chunked(STREAM_CHUNK)
@@ -342,36 +509,4 @@ class Proxy:
         )
 
 
-PROXY = web.AppKey("proxy", Proxy)
-
-
-def make_app(proxy: Proxy, *, client_max_size: int = 1024**2) -> web.Application:
-    """The data-path application. Resources are opened and closed with it, in reverse order."""
-    app = web.Application(client_max_size=client_max_size, handler_args={"tcp_keepalive": True})
-    app[PROXY] = proxy
-    app.router.add_route("*", "/{tail:.*}", proxy.handle)
-
-    async def upstream_sessions(app: web.Application) -> Any:
-        proxy.clients.sync(proxy.store.table)
-        yield
-        await proxy.supervisor.drain(timeout=10.0)
-        await proxy.clients.close()
-
-    async def shadow_jobs(app: web.Application) -> Any:
-        yield
-        if proxy.shadowing is not None:
-            await proxy.shadowing.dispatcher.drain(timeout=MIRROR_DRAIN_TIMEOUT)
-            proxy.shadowing.close()
-        if proxy.difflog is not None:
-            writer = proxy.difflog
-            await asyncio.get_running_loop().run_in_executor(
-                None, lambda: writer.close(timeout=DIFF_LOG_CLOSE_TIMEOUT)
-            )
-
-    # cleanup runs in reverse: mirrors drain before the sessions they use are closed
-    app.cleanup_ctx.append(upstream_sessions)
-    app.cleanup_ctx.append(shadow_jobs)
-    return app
-
-
-__all__ = ["PROXY", "Proxy", "canonical_path", "make_app"]
+__all__ = ["Proxy", "canonical_path"]

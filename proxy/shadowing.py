@@ -15,21 +15,22 @@ import hashlib
 import time
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any, Protocol
-from urllib.parse import parse_qsl, urlencode
+from urllib.parse import parse_qsl
 
+import orjson
 import structlog
 from multidict import CIMultiDict
 
-from proxy.config.spec import Side
 from proxy.config.table import Route, Upstream
 from proxy.errors import UpstreamError
 from proxy.headers import MIRROR, add_forwarding, upstream_request_headers
 from proxy.mirror import MirrorDispatcher
 from proxy.observe import CustomerHasher
 from proxy.routing import Decision
+from proxy.translate import NOTHING, Resolved, Translator
 from proxy.upstream import UpstreamClients
 from shadow.compare import Comparison, Difference, Observation, compare, compare_repeat
 from shadow.noise import NoiseLearner
@@ -143,18 +144,6 @@ class Pending:
             self.future.set_result(None)
 
 
-def target_for(route: Route, side: Side, path: str, query: str) -> str:
-    """Path and query as the platform serves them (the new platform's contract may differ)."""
-    if side == "new":
-        if route.new_prefix != route.prefix:
-            path = route.new_prefix + path[len(route.prefix) :]
-        contract = route.contract
-        if query and contract is not None and contract.translates_query:
-            pairs = contract.query_to_new(parse_qsl(query, keep_blank_values=True))
-            query = urlencode(pairs)
-    return f"{path}?{query}" if query else path
-
-
 def mask_query(query: str) -> str:
     """Query values can be personal data (a searched e-mail): keep the names, mask the values."""
     if not query:
@@ -176,8 +165,10 @@ class Shadowing:
         stats: ShadowStats,
         hasher: CustomerHasher,
         sink: RecordSink | None,
+        translator: Translator | None = None,
     ) -> None:
         self.clients = clients
+        self.translator = translator or Translator(None)
         self.dispatcher = dispatcher
         self.stats = stats
         self.hasher = hasher
@@ -197,7 +188,7 @@ class Shadowing:
     def noise_report(self) -> dict[str, dict[str, int]]:
         return {name: dict(lr.snapshot().counts) for name, lr in self._learners.items()}
 
-    def start(
+    async def start(
         self,
         decision: Decision,
         secondary: Upstream,
@@ -209,11 +200,19 @@ class Shadowing:
         client: ClientHeaders,
         request_id: str,
         probe_noise: bool,
+        resolved: Resolved = NOTHING,
     ) -> Pending | None:
         """Submit the secondary read; None when the dispatcher dropped it (counted)."""
         route = decision.route
         identity = decision.identity
         cell: Cell = (route.name, identity.channel, identity.cohort)
+        targets = (
+            await self.translator.path_on(route, secondary.side, path, query, resolved),
+            await self.translator.path_on(route, primary.side, path, query, resolved),
+        )
+        if targets[0] is None or targets[1] is None:
+            self.stats.dropped(cell, "one_sided_record")  # nothing to compare it with
+            return None
         pending = Pending(capture=Capture(route.rules.max_body))
         exchange = _Exchange(
             shadowing=self,
@@ -228,6 +227,8 @@ class Shadowing:
             request_id=request_id,
             pending=pending,
             probe_noise=probe_noise,
+            secondary_target=targets[0],
+            primary_target=targets[1],
         )
         reason = self.dispatcher.submit(secondary.name, secondary.mirror, exchange.run)
         if reason is not None:
@@ -255,15 +256,37 @@ class Shadowing:
             return Answer(None, (time.monotonic() - started) * 1000, exc.kind)
         return Answer(observation, (time.monotonic() - started) * 1000)
 
+    async def in_old_terms(self, route: Route, new: Observation) -> tuple[Observation, bool]:
+        """The new platform's answer with its ids translated to old ids (and so the contract
+        applied) for routes with an id map; compare applies the contract itself otherwise."""
+        if route.ids is None or new.body is None or "json" not in new.content_type.lower():
+            return new, False
+        try:
+            doc = orjson.loads(new.body)
+        except orjson.JSONDecodeError:
+            return new, False
+        body = orjson.dumps(await self.translator.answer_doc(route, "new", doc))
+        translated = replace(
+            new, body=body, body_sha256=hashlib.sha256(body).hexdigest(), body_size=len(body)
+        )
+        return translated, True
+
     async def compare(
-        self, old: Observation, new: Observation, rules: CompareRules, route: str
+        self,
+        old: Observation,
+        new: Observation,
+        rules: CompareRules,
+        route: str,
+        *,
+        translated: bool = False,
     ) -> Comparison:
         noise = self._learners[route].snapshot() if route in self._learners else None
         if max(old.body_size, new.body_size) <= COMPARE_OFF_LOOP:
-            return compare(old, new, rules, noise=noise)
+            return compare(old, new, rules, noise=noise, new_is_translated=translated)
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(
-            self._executor, lambda: compare(old, new, rules, noise=noise)
+            self._executor,
+            lambda: compare(old, new, rules, noise=noise, new_is_translated=translated),
         )
 
 
@@ -283,11 +306,13 @@ class _Exchange:
     request_id: str
     pending: Pending
     probe_noise: bool
+    secondary_target: str
+    primary_target: str
 
     async def run(self) -> None:
         route = self.decision.route
         sh = self.shadowing
-        target = target_for(route, self.secondary.side, self.path, self.query)
+        target = self.secondary_target
         headers = self.client.for_secondary(self.secondary, route, self.request_id, "shadow")
         candidate = await sh.fetch(
             self.secondary, self.method, target, headers, route.rules.max_body
@@ -303,7 +328,10 @@ class _Exchange:
         old, new = self._oriented(control, candidate)
         assert old.observation is not None
         assert new.observation is not None
-        comparison = await sh.compare(old.observation, new.observation, route.rules, route.name)
+        new_obs, translated = await sh.in_old_terms(route, new.observation)
+        comparison = await sh.compare(
+            old.observation, new_obs, route.rules, route.name, translated=translated
+        )
         sh.stats.count(
             self.cell, "match" if comparison.match else "mismatch", noisy=bool(comparison.noise)
         )
@@ -321,7 +349,7 @@ class _Exchange:
         """Ask the primary again: what differs between two of its own answers is noise."""
         route = self.decision.route
         sh = self.shadowing
-        target = target_for(route, self.primary.side, self.path, self.query)
+        target = self.primary_target
         headers = self.client.for_secondary(self.primary, route, self.request_id, "noise-probe")
         side = self.primary.side
 

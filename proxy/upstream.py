@@ -26,6 +26,7 @@ from proxy.errors import (
     CutoverError,
     UpstreamConnectError,
     UpstreamProtocolError,
+    UpstreamRefused,
     UpstreamTimeout,
 )
 
@@ -45,9 +46,8 @@ def map_client_errors(upstream: Upstream) -> Iterator[None]:
     except (TimeoutError, aiohttp.ServerTimeoutError) as exc:
         raise UpstreamTimeout(upstream.name, f"no answer within {upstream.timeout:g}s") from exc
     except aiohttp.ClientConnectorError as exc:
-        raise UpstreamConnectError(
-            upstream.name, f"cannot connect: {exc.os_error.strerror or exc.os_error}"
-        ) from exc
+        reason = exc.os_error.strerror or exc.os_error
+        raise UpstreamRefused(upstream.name, f"cannot connect: {reason}") from exc
     except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError, ConnectionError) as exc:
         raise UpstreamConnectError(upstream.name, "connection closed or reset") from exc
     except (aiohttp.ClientResponseError, aiohttp.ClientPayloadError, HttpProcessingError) as exc:

@@ -40,6 +40,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from shadow import jsonpath
 from shadow.jsonpath import WILDCARD, ConcretePath, Path, PathError
+from shadow.normalize import Normalizer, compile_normalizers
 
 if TYPE_CHECKING:
     from proxy.config.spec import ContractSpec
@@ -238,6 +239,8 @@ class Contract:
     _defaults: tuple[tuple[Path, Any], ...]
     _new_defaults: tuple[tuple[Path, Any], ...]
     _hook: Hook | None
+    _convert_to_new: tuple[tuple[Path, Normalizer], ...] = ()
+    _convert_to_old: tuple[tuple[Path, Normalizer], ...] = ()
 
     @property
     def translates_bodies(self) -> bool:
@@ -249,6 +252,8 @@ class Contract:
             or self._defaults
             or self._new_defaults
             or self._hook
+            or self._convert_to_new
+            or self._convert_to_old
             or self.collection_old != self.collection_new
         )
 
@@ -323,6 +328,7 @@ class Contract:
             _run_moves(record, self._to_new)
             for rule in self._values:
                 _map_values(record, rule.new_path, rule.to_new)
+            _convert(record, self._convert_to_new)
             for path, value in self._new_defaults:
                 _fill(record, path, value)
         else:
@@ -331,12 +337,19 @@ class Contract:
             for rule in self._values:
                 _map_values(record, rule.new_path, rule.to_old)
             _run_moves(record, self._to_old)
+            _convert(record, self._convert_to_old)
             for path, value in self._defaults:
                 _fill(record, path, value)
         if self._hook is not None:
             result = self._hook(direction, record)
             return record if result is None else result
         return record
+
+
+def _convert(record: Any, rules: tuple[tuple[Path, Normalizer], ...]) -> None:
+    for path, convert in rules:
+        for container, key in jsonpath.slots(record, path):
+            container[key] = convert(container[key])  # type: ignore[index]
 
 
 # --- compiling ---------------------------------------------------------------------------------
@@ -503,6 +516,18 @@ def compile_contract(spec: ContractSpec, place: Place = ()) -> Contract:
     elif spec.envelope:
         raise RuleError((*place, "envelope"), "envelope rules need a collection")
     hook = _load_hook(spec.hook, (*place, "hook")) if spec.hook else None
+    to_new_conv: list[tuple[Path, Normalizer]] = []
+    to_old_conv: list[tuple[Path, Normalizer]] = []
+    for text, rule in spec.convert.items():
+        at = (*place, "convert", text)
+        path = _parse(text, at)
+        try:
+            if rule.to_new:
+                to_new_conv.append((_translate(path, to_new), compile_normalizers(rule.to_new)))
+            if rule.to_old:
+                to_old_conv.append((path, compile_normalizers(rule.to_old)))
+        except ValueError as exc:
+            raise RuleError(at, str(exc)) from None
     return Contract(
         new_path=spec.new_path,
         fields=tuple((move.src, move.dst) for move in to_new),
@@ -517,6 +542,8 @@ def compile_contract(spec: ContractSpec, place: Place = ()) -> Contract:
         _defaults=_compile_defaults(spec.defaults, (*place, "defaults")),
         _new_defaults=_compile_defaults(spec.new_defaults, (*place, "new_defaults")),
         _hook=hook,
+        _convert_to_new=tuple(to_new_conv),
+        _convert_to_old=tuple(to_old_conv),
     )
 
 

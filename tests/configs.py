@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -83,6 +84,7 @@ def demo_doc(sims: Any) -> dict[str, Any]:
         doc["platforms"][side][api]["url"] = app.url
     doc["listen"] = "127.0.0.1:0"
     doc.pop("admin", None)
-    doc.pop("store", None)
+    # a store of its own: in-process tests must never write into the repository
+    doc["store"] = f"sqlite:///{tempfile.mkdtemp(prefix='cutover-test-')}/cutover.db"
     doc.pop("diff_log", None)
     return doc

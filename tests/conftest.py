@@ -43,9 +43,20 @@ async def cutover(tmp_path: Path) -> AsyncIterator[Callable[..., Any]]:
     """A factory: `await cutover(doc)` starts a real `cutover run` on that routes.yaml."""
     started: list[CutoverProcess] = []
 
-    async def make(doc: dict[str, Any] | None = None, **kwargs: Any) -> CutoverProcess:
+    async def make(
+        doc: dict[str, Any] | None = None, *, ids: Simulators | None = None, **kwargs: Any
+    ) -> CutoverProcess:
+        """`ids=sims` loads the simulators' seeded id pairs with `cutover idmap import` first."""
         process = CutoverProcess(tmp_path / f"cutover-{len(started)}", doc, **kwargs)
         started.append(process)
+        if ids is not None:
+            pairs = process.workdir / "ids.csv"
+            pairs.write_text(
+                "resource,old,new\n"
+                + "".join(f"{kind},{old},{new}\n" for kind, old, new in ids.id_map)
+            )
+            result = process.cli("idmap", "import", str(pairs))
+            assert result.returncode == 0, result.stderr
         return await process.start()
 
     yield make

@@ -106,6 +106,18 @@ class CutoverProcess:
             )
         return port_open(self.port)
 
+    def cli(self, *args: str) -> subprocess.CompletedProcess[str]:
+        """`cutover --config <this routes.yaml> ARGS…`, as an operator would run it."""
+        return subprocess.run(
+            [sys.executable, "-m", "proxy", "--config", str(self.config), *args],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+            env=self.env,
+            cwd=self.workdir,
+        )
+
     def logs(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 

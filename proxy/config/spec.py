@@ -190,6 +190,7 @@ class IdsSpec(Spec):
     path: UrlPath  # template with {id}, e.g. /api/contacts/{id}
     response: JsonPath = "$.id"
     refs: dict[JsonPath, Name] = {}  # body fields (old contract) holding ids of other resources
+    query: dict[str, Name] = {}  # query parameters (old names) holding ids, e.g. contact_id
 
     @model_validator(mode="after")
     def _has_id(self) -> IdsSpec:
@@ -216,6 +217,13 @@ def _query_rules(value: Any) -> Any:
     return value
 
 
+class ConvertRule(Spec):
+    """Normalizers applied to a value on its way to one platform (e.g. E.164 for new)."""
+
+    to_new: Annotated[list[str], BeforeValidator(_normalizers)] | None = None
+    to_old: Annotated[list[str], BeforeValidator(_normalizers)] | None = None
+
+
 class ContractSpec(Spec):
     """How the new platform's API differs from the old contract that clients speak.
 
@@ -231,6 +239,7 @@ class ContractSpec(Spec):
     values: dict[JsonPath, dict[Any, Scalar]] = {}
     defaults: dict[JsonPath, Any] = {}
     new_defaults: dict[JsonPath, Any] = {}
+    convert: dict[JsonPath, ConvertRule] = {}  # keyed by the OLD path, like values
     hook: str | None = None
 
     @model_validator(mode="after")
@@ -309,6 +318,19 @@ class MqttSpec(Spec):
     keepalive: Duration = 15.0
 
 
+class OutboxSpec(Spec):
+    """How the outbox worker treats secondary writes (docs/dual-write.md)."""
+
+    max_attempts: Annotated[int, Field(ge=1, le=1000)] = 15
+    backoff_min: Duration = 0.5
+    backoff_max: Duration = 60.0
+    concurrency: Annotated[int, Field(ge=1, le=1000)] = 16
+    intent_timeout: Duration = 60.0
+    max_body: Size = 1024 * 1024
+    recover: Literal["resend", "dead-letter"] = "resend"
+    partitions: Annotated[int, Field(ge=1, le=256)] = 8
+
+
 class RollbackScope(Spec):
     """One rollback flag: every field left out means 'all'. `{}` is the global brake."""
 
@@ -331,6 +353,7 @@ class ConfigSpec(Spec):
     admin: AdminSpec = AdminSpec()
     store: Annotated[str, AfterValidator(_check_store)] = "sqlite:///./state/cutover.db"
     diff_log: DiffLogSpec = DiffLogSpec()
+    outbox: OutboxSpec = OutboxSpec()
     mqtt: MqttSpec | None = None
     platforms: PlatformsSpec
     channels: Annotated[list[Name], Field(min_length=1)]

@@ -24,6 +24,7 @@ from proxy.config.spec import (
     RouteSpec,
     Side,
 )
+from proxy.dualwrite.ids import IdRule
 from shadow.contract import Contract, RuleError, compile_contract
 from shadow.rules import CompareRules, compile_rules
 
@@ -96,6 +97,7 @@ class Route:
     new_prefix: str  # where the new platform serves this route (contract.new_path)
     contract: Contract | None  # None when both platforms speak the same API
     rules: CompareRules
+    ids: IdRule | None  # where the route's records keep their ids (dual-write, id map)
 
     def weight_bp(self, channel: str, cohort: str) -> int:
         return self.weights.get((channel, cohort), 0)
@@ -222,6 +224,7 @@ def build_table(
             new_prefix=rs.contract.new_path if rs.contract and rs.contract.new_path else rs.path,
             contract=contract,
             rules=rules,
+            ids=IdRule.compile(rs.ids) if rs.ids is not None else None,
         )
         routes.append(route)
         index.setdefault(rs.path, []).append(route)

@@ -18,8 +18,9 @@ from yarl import URL
 
 from proxy.config import load_config
 from proxy.config.spec import Side
-from proxy.demo.platforms import PlatformPorts, run_simulators
+from proxy.demo.platforms import PlatformPorts, Simulators, run_simulators
 from proxy.demo.traffic import TrafficStats, customers_of, generate
+from proxy.dualwrite.model import IdEntry, id_json
 from proxy.observe import configure_logging
 from proxy.runner import install_uvloop, start
 
@@ -47,6 +48,14 @@ def _ports_of(config: Path) -> PlatformPorts:
     return PlatformPorts(
         port("old", "crm"), port("old", "ticketing"), port("new", "crm"), port("new", "ticketing")
     )
+
+
+def seeded_ids(sims: Simulators) -> list[IdEntry]:
+    """The demo's platforms were filled by one bulk migration: its id pairs seed the id map,
+    as `cutover idmap import` would for a real one."""
+    return [
+        IdEntry(kind, id_json(old), id_json(new), origin="old") for kind, old, new in sims.id_map
+    ]
 
 
 def tour(base: str, config: Path) -> str:
@@ -77,7 +86,7 @@ async def _demo(args: argparse.Namespace) -> int:
     try:
         ports = _ports_of(config)
         async with run_simulators(ports=ports, customers=args.customers) as sims:
-            running = await start(load_config(config))
+            running = await start(load_config(config), preload_ids=seeded_ids(sims))
             base = f"http://127.0.0.1:{running.port}"
             print(tour(base, config.resolve()), flush=True)
             stop = asyncio.Event()

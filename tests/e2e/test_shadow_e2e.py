@@ -39,7 +39,7 @@ CUSTOMERS = ["C-1010", "C-1011", "C-1002", "C-1007", "C-1020"]
 
 
 async def test_qa_sees_the_seeded_discrepancies_and_nothing_else(sims: Simulators, cutover, http):
-    proxy = await cutover(demo_doc(sims))
+    proxy = await cutover(demo_doc(sims), ids=sims)
     await drive(proxy.url, CUSTOMERS, http)
     assert await proxy.stop() == 0  # SIGTERM drains the mirrors and flushes the diff log
 

@@ -4,6 +4,7 @@ the client gets the primary's answer whatever the secondary does; comparisons ar
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -12,6 +13,7 @@ from aiohttp import web
 
 from proxy.config import parse_config
 from proxy.demo.platforms import Simulators
+from proxy.demo.run import seeded_ids
 from proxy.runner import Running, start
 from tests.configs import base_doc, demo_doc, dump
 from tests.processes import wait_for
@@ -23,14 +25,21 @@ class Sink(list[dict[str, Any]]):
         return True
 
 
-def demo_text(sims: Simulators) -> str:
-    return dump(demo_doc(sims)).decode()
+def demo_text(sims: Simulators, state: Path) -> str:
+    doc = demo_doc(sims)
+    doc["store"] = f"sqlite:///{state}/cutover.db"
+    return dump(doc).decode()
+
+
+async def start_demo(sims: Simulators, text: str, sink: Sink) -> Running:
+    """cutover in process on the demo's routes, with the seeded id map preloaded."""
+    return await start(parse_config(text, env={}), sink=sink, preload_ids=seeded_ids(sims))
 
 
 @pytest.fixture
-async def demo(sims: Simulators) -> AsyncIterator[tuple[Running, Sink]]:
+async def demo(sims: Simulators, tmp_path: Path) -> AsyncIterator[tuple[Running, Sink]]:
     sink = Sink()
-    running = await start(parse_config(demo_text(sims), env={}), sink=sink)
+    running = await start_demo(sims, demo_text(sims, tmp_path), sink)
     yield running, sink
     await running.stop()
 
@@ -123,7 +132,7 @@ async def test_mirrors_past_the_limits_are_dropped_and_counted(sims: Simulators)
     doc["platforms"]["new"]["crm"]["mirror"] = {"concurrency": 1, "queue": 1}
     text = dump(doc).decode()
     sink = Sink()
-    running = await start(parse_config(text, env={}), sink=sink)
+    running = await start_demo(sims, text, sink)
     try:
         await sims.new_crm.go_down()
         sims.new_crm.set_faults("slow", delay_ms=3000)
@@ -139,8 +148,12 @@ async def test_mirrors_past_the_limits_are_dropped_and_counted(sims: Simulators)
         await running.stop()
 
 
-async def test_writes_are_not_mirrored(sims: Simulators, demo):
-    running, _ = demo
+async def test_writes_are_not_shadowed(sims: Simulators, tmp_path: Path):
+    """Shadowing copies reads only; a write reaches the secondary only through dual-write."""
+    doc = demo_doc(sims)
+    doc["routes"][0]["dual_write"] = False
+    doc["store"] = f"sqlite:///{tmp_path}/cutover.db"
+    running = await start_demo(sims, dump(doc).decode(), Sink())
     since = sims.new_crm.last_seq
     async with (
         aiohttp.ClientSession() as session,
@@ -153,6 +166,7 @@ async def test_writes_are_not_mirrored(sims: Simulators, demo):
         assert response.status == 201
     await get(running, "/api/contacts?customer=C-1010", **{"X-Customer-Id": "C-1010"})
     await wait_for(lambda: sims.new_crm.requests(since), what="the shadow read")
+    await running.stop()
     assert [r.method for r in sims.new_crm.requests(since)] == ["GET"]
 
 
@@ -160,7 +174,7 @@ async def test_secondary_gets_its_own_credentials_never_the_clients(sims: Simula
     doc = demo_doc(sims)
     doc["platforms"]["new"]["crm"]["headers"] = {"Authorization": "Bearer new-key"}
     text = dump(doc).decode()
-    running = await start(parse_config(text, env={}), sink=Sink())
+    running = await start_demo(sims, text, Sink())
     try:
         since = sims.new_crm.last_seq
         await get(

@@ -1,0 +1,4 @@
+"""Dual-write: the outbox, the id map, the worker keeping the secondary in step.
+
+See docs/dual-write.md.
+"""

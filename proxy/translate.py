@@ -1,0 +1,181 @@
+"""One contract for clients: requests old -> platform, answers platform -> old.
+
+Clients speak the old platform's API. For the new platform a request's path prefix, query and
+JSON body go through the route's `contract`, and ids (in the path and in `ids.refs` body fields)
+are replaced by that platform's ids from the id map; answers come back the other way, with ids
+translated to old ids wherever the map knows them, so a client sees one id per record.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import parse_qsl, urlencode
+
+import orjson
+
+from proxy.config.spec import Side
+from proxy.config.table import Route
+from proxy.dualwrite.ids import IdMap, path_id, with_path_id
+from proxy.dualwrite.model import IdEntry, key_text
+from shadow import jsonpath
+from shadow.rules import record_slots
+
+
+class Unresolved(Exception):
+    """A body refers to a record whose id on the target platform is not known (yet)."""
+
+    def __init__(self, resource: str, key: str, side: Side) -> None:
+        super().__init__(f"no {side} id known for {resource} {key}")
+        self.resource = resource
+        self.key = key
+        self.side = side
+
+
+@dataclass(frozen=True, slots=True)
+class Resolved:
+    """The record a request path names, as far as the id map knows it."""
+
+    record: IdEntry | None = None
+    span: tuple[int, int] | None = None
+    key: str | None = None  # the id as the client wrote it
+
+    @property
+    def affinity(self) -> Side | None:
+        """The only platform holding the record, when it is on one only."""
+        return self.record.only_on if self.record is not None else None
+
+
+NOTHING = Resolved()
+
+
+def target_for(route: Route, side: Side, path: str, query: str) -> str:
+    """Path and query as the platform serves them (the new platform's contract may differ)."""
+    if side == "new":
+        if route.new_prefix != route.prefix:
+            path = route.new_prefix + path[len(route.prefix) :]
+        contract = route.contract
+        if query and contract is not None and contract.translates_query:
+            query = urlencode(contract.query_to_new(parse_qsl(query, keep_blank_values=True)))
+    return f"{path}?{query}" if query else path
+
+
+def records_of(doc: Any, route: Route) -> list[Any]:
+    """The records of an old-contract document: list elements, or the document itself."""
+    slots = record_slots(doc, route.rules)
+    if slots:
+        return [container[index] for container, index in slots]
+    return [doc] if isinstance(doc, dict) else []
+
+
+class Translator:
+    def __init__(self, idmap: IdMap | None) -> None:
+        self.idmap = idmap
+
+    async def resolve(self, route: Route, path: str) -> Resolved:
+        rule = route.ids
+        if rule is None:
+            return NOTHING
+        span = rule.span(path)
+        if span is None:
+            return NOTHING
+        key = path_id(path, span)
+        record = await self.idmap.find(rule.resource, key) if self.idmap is not None else None
+        return Resolved(record, span, key)
+
+    async def path_on(
+        self, route: Route, side: Side, path: str, query: str, resolved: Resolved
+    ) -> str | None:
+        """The request target on `side`; None when the record is known not to exist there.
+        Ids in the path and in `ids.query` parameters become `side`'s ids where the map knows
+        them (an unknown one is passed as it is: the platform answers for it)."""
+        if resolved.record is not None and resolved.span is not None:
+            text = resolved.record.id_on(side)
+            if text is None:
+                return None
+            path = with_path_id(path, resolved.span, key_text(text))
+        rule = route.ids
+        if query and rule is not None and rule.query and self.idmap is not None:
+            query = await self._query_ids(rule.query, side, query)
+        return target_for(route, side, path, query)
+
+    async def _query_ids(self, params: tuple[tuple[str, str], ...], side: Side, query: str) -> str:
+        assert self.idmap is not None
+        wanted = dict(params)
+        pairs = parse_qsl(query, keep_blank_values=True)
+        if not any(name in wanted for name, _ in pairs):
+            return query
+        out = []
+        for name, value in pairs:
+            resource = wanted.get(name)
+            entry = await self.idmap.find(resource, value) if resource and value else None
+            text = entry.id_on(side) if entry is not None else None
+            out.append((name, key_text(text) if text is not None else value))
+        return urlencode(out)
+
+    def translates_request(self, route: Route, side: Side) -> bool:
+        contract = route.contract
+        has_refs = route.ids is not None and bool(route.ids.refs)
+        return has_refs or (side == "new" and contract is not None and contract.translates_bodies)
+
+    def translates_answer(self, route: Route, side: Side) -> bool:
+        if side != "new":
+            return False
+        contract = route.contract
+        return route.ids is not None or (contract is not None and contract.translates_bodies)
+
+    async def request_doc(self, route: Route, side: Side, doc: Any) -> Any:
+        """An old-contract request body for `side`: refs to its ids, then the contract.
+        Edits `doc` in place (the caller parsed it). Raises Unresolved."""
+        rule = route.ids
+        if rule is not None and rule.refs and self.idmap is not None:
+            for record in records_of(doc, route):
+                for path, resource in rule.refs:
+                    for container, key in jsonpath.slots(record, path):
+                        value = container[key]  # type: ignore[index]
+                        if value is None:
+                            continue
+                        entry = await self.idmap.find(resource, _text(value))
+                        target = entry.value_on(side) if entry is not None else None
+                        if target is None:
+                            raise Unresolved(resource, _text(value), side)
+                        container[key] = target  # type: ignore[index]
+        contract = route.contract
+        if side == "new" and contract is not None:
+            doc = contract.body_to_new(doc, copy=False)
+        return doc
+
+    async def answer_doc(self, route: Route, side: Side, doc: Any) -> Any:
+        """A platform's answer in old-contract terms, ids as old ids where known. In place."""
+        if side != "new":
+            return doc
+        contract = route.contract
+        if contract is not None:
+            doc = contract.body_to_old(doc, copy=False)
+        rule = route.ids
+        if rule is None or self.idmap is None:
+            return doc
+        places = [(rule.response, rule.resource), *rule.refs]
+        for record in records_of(doc, route):
+            for path, resource in places:
+                for container, key in jsonpath.slots(record, path):
+                    value = container[key]  # type: ignore[index]
+                    if value is None:
+                        continue
+                    entry = await self.idmap.lookup(resource, "new", _text(value))
+                    if entry is not None and entry.old is not None:
+                        container[key] = entry.value_on("old")  # type: ignore[index]
+        return doc
+
+    def id_in_answer(self, route: Route, doc: Any) -> Any:
+        """The id an answer gives its record (`ids.response`), in the answering side's form."""
+        rule = route.ids
+        if rule is None or not isinstance(doc, dict):
+            return None
+        value = jsonpath.get_at(doc, rule.response)
+        return None if value is jsonpath.MISSING else value
+
+
+def _text(value: Any) -> str:
+    """The lookup text of an id found in a body: strings as they are, numbers as JSON."""
+    return value if isinstance(value, str) else orjson.dumps(value).decode()

@@ -1,0 +1,251 @@
+"""Dual-write through an in-process cutover in front of the demo platforms, with a real SQLite
+outbox: writes reach both platforms under their own ids, in order, whatever the secondary does."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+
+from proxy.config import parse_config
+from proxy.demo.platforms import Simulators
+from proxy.demo.run import seeded_ids
+from proxy.runner import Running, start
+from tests.configs import demo_doc, dump
+from tests.processes import wait_for
+
+
+class Sink(list[dict[str, Any]]):
+    def submit(self, record: dict[str, Any]) -> bool:
+        self.append(record)
+        return True
+
+
+Starter = Callable[..., Any]
+
+
+@pytest.fixture
+async def demo(sims: Simulators, tmp_path: Path) -> AsyncIterator[Starter]:
+    started: list[Running] = []
+
+    async def make(change: Callable[[dict[str, Any]], None] | None = None) -> Running:
+        doc = demo_doc(sims)
+        doc["store"] = f"sqlite:///{tmp_path}/state/cutover.db"
+        doc["outbox"] = {"backoff_min": "20ms", "backoff_max": "200ms", "intent_timeout": "1s"}
+        if change is not None:
+            change(doc)
+        running = await start(
+            parse_config(dump(doc), env={}, base_dir=tmp_path),
+            sink=Sink(),
+            preload_ids=seeded_ids(sims),
+        )
+        started.append(running)
+        return running
+
+    yield make
+    for running in started:
+        await running.stop()
+
+
+async def call(
+    running: Running,
+    method: str,
+    path: str,
+    customer: str,
+    channel: str = "phone",
+    json: Any = None,
+    headers: dict[str, str] | None = None,
+) -> tuple[int, Any, str]:
+    hdrs = {"X-Customer-Id": customer, "X-Channel": channel, **(headers or {})}
+    async with (
+        aiohttp.ClientSession() as session,
+        session.request(
+            method, f"http://127.0.0.1:{running.port}{path}", json=json, headers=hdrs
+        ) as response,
+    ):
+        body = await response.json() if response.content_type.endswith("json") else None
+        return response.status, body, response.headers["X-Cutover-Platform"]
+
+
+def outbox_empty(running: Running) -> Callable[[], Any]:
+    async def check() -> bool:
+        assert running.parts.store is not None
+        stats = await running.parts.store.stats()
+        return stats.ready == 0 and stats.intents == 0
+
+    return check
+
+
+async def test_create_update_delete_reach_both_platforms_under_their_own_ids(
+    sims: Simulators, demo
+):
+    running = await demo()
+    status, created, side = await call(
+        running,
+        "POST",
+        "/api/contacts",
+        "C-2001",
+        json={
+            "customer": "C-2001",
+            "full_name": "Grace Hopper",
+            "phone": "020 7946 0999",
+            "status": "open",
+        },
+    )
+    assert (status, side) == (201, "old")
+    old_id = created["id"]
+    assert isinstance(old_id, int)
+    await wait_for(outbox_empty(running), what="the create to reach new")
+    [on_new] = [c for c in sims.new_crm.contacts() if c["customer"] == "C-2001"]
+    assert on_new["name"] == "Grace Hopper"
+    assert on_new["phone_e164"] == "+442079460999" or on_new["phone_e164"].startswith("+")
+    assert str(on_new["id"]).startswith("CT-")
+
+    status, updated, _ = await call(
+        running,
+        "PATCH",
+        f"/api/contacts/{old_id}",
+        "C-2001",
+        json={"status": "closed", "full_name": "Grace B. Hopper"},
+    )
+    assert status == 200
+    assert updated["status"] == "closed"
+    await wait_for(outbox_empty(running), what="the update to reach new")
+    new_record = sims.new_crm.contact(on_new["id"])
+    assert new_record is not None
+    assert (new_record["status"], new_record["name"]) == ("RESOLVED", "Grace B. Hopper")
+
+    status, _, _ = await call(running, "DELETE", f"/api/contacts/{old_id}", "C-2001")
+    assert status == 204
+    await wait_for(outbox_empty(running), what="the delete to reach new")
+    assert sims.old_crm.contact(old_id) is None
+    assert sims.new_crm.contact(on_new["id"]) is None
+    mirrored = [r for r in sims.new_crm.requests() if r.header("X-Cutover-Mirror") == "dual-write"]
+    assert [r.method for r in mirrored] == ["POST", "PATCH", "DELETE"]
+    assert len({r.header("Idempotency-Key") for r in mirrored}) == 3
+
+
+async def test_a_customer_on_new_writes_new_first_and_reads_old_ids(sims: Simulators, demo):
+    """A pilot chat customer is served by new; the client still sees the old contract."""
+    running = await demo()
+    status, body, side = await call(
+        running, "PATCH", "/api/contacts/1001", "C-1001", "chat", json={"full_name": "Ada Pilot"}
+    )
+    assert (status, side) == (200, "new")
+    assert body["id"] == 1001  # the old id, translated back from CT-…
+    assert body["full_name"] == "Ada Pilot"  # the old contract's field name
+    await wait_for(outbox_empty(running), what="the write to reach old")
+    old = sims.old_crm.contact(1001)
+    assert old is not None
+    assert old["full_name"] == "Ada Pilot"
+    # a create on new: the client gets the new id until the old platform has the record too
+    status, made, side = await call(
+        running,
+        "POST",
+        "/api/contacts",
+        "C-1001",
+        "chat",
+        json={"customer": "C-1001", "full_name": "Second Ada"},
+    )
+    assert (status, side) == (201, "new")
+    assert str(made["id"]).startswith("CT-")
+    await wait_for(outbox_empty(running), what="the create to reach old")
+    status, again, _ = await call(running, "GET", f"/api/contacts/{made['id']}", "C-1001", "chat")
+    assert status == 200
+    assert isinstance(again["id"], int), "once both platforms hold it, the client sees the old id"
+
+
+async def test_secondary_down_then_back_every_write_arrives_in_order(sims: Simulators, demo):
+    running = await demo()
+    await sims.new_crm.go_down()
+    for n in range(8):
+        status, _, _ = await call(
+            running, "PATCH", "/api/contacts/1010", "C-1010", json={"full_name": f"Version {n}"}
+        )
+        assert status == 200
+    assert running.parts.store is not None
+    assert (await running.parts.store.stats()).ready == 8
+    await sims.new_crm.come_up()
+    await wait_for(outbox_empty(running), timeout=20, what="the backlog to drain")
+    new_id = sims.new_id("contact", 1010)
+    patches = [
+        r for r in sims.new_crm.requests() if r.method == "PATCH" and r.path.endswith(str(new_id))
+    ]
+    assert len(patches) >= 8
+    record = sims.new_crm.contact(new_id)
+    assert record is not None
+    assert record["name"] == "Version 7"
+
+
+async def test_500s_are_retried_and_422_is_a_dead_letter_with_its_reason(sims: Simulators, demo):
+    running = await demo()
+    sims.new_crm.set_faults("flaky", error_rate=0.5, methods=["PATCH"])
+    status, _, _ = await call(
+        running, "PATCH", "/api/contacts/1011", "C-1011", json={"full_name": "Retried"}
+    )
+    assert status == 200
+    await wait_for(outbox_empty(running), what="the retried write")
+    record = sims.new_crm.contact(sims.new_id("contact", 1011))
+    assert record is not None
+    assert record["name"] == "Retried"
+    sims.new_crm.set_faults("status", status=422)
+    await call(running, "PATCH", "/api/contacts/1012", "C-1012", json={"full_name": "Refused"})
+    store = running.parts.store
+    assert store is not None
+
+    async def dead() -> Any:
+        return await store.entries("dead", 10)
+
+    [letter] = await wait_for(dead, what="a dead letter")
+    assert letter.dead_reason is not None
+    assert letter.dead_reason.startswith("422")
+    assert letter.path == "/api/contacts/1012"
+
+
+async def test_the_primary_failing_means_nothing_is_replayed(sims: Simulators, demo):
+    running = await demo()
+    sims.old_crm.set_faults("status", status=422)
+    status, _, _ = await call(
+        running, "PATCH", "/api/contacts/1013", "C-1013", json={"full_name": "x"}
+    )
+    assert status == 422
+    assert running.parts.store is not None
+    stats = await running.parts.store.stats()
+    assert (stats.ready, stats.intents) == (0, 0)
+    assert not [r for r in sims.new_crm.requests() if r.method == "PATCH"]
+
+
+async def test_tickets_refer_to_contacts_by_each_platforms_id(sims: Simulators, demo):
+    running = await demo()
+    status, ticket, _ = await call(
+        running,
+        "POST",
+        "/api/tickets",
+        "C-1020",
+        json={"contact_id": 1020, "subject": "Broken router", "priority": "high"},
+    )
+    assert status == 201
+    await wait_for(outbox_empty(running), what="the ticket to reach new")
+    [on_new] = [t for t in sims.new_ticketing.tickets() if t["title"] == "Broken router"]
+    assert on_new["contact"] == sims.new_id("contact", 1020)
+    assert on_new["priority"] == "HIGH"
+    status, listed, _ = await call(running, "GET", "/api/tickets?contact_id=1020", "C-1020", "chat")
+    assert status == 200
+    assert ticket["id"] in [t["id"] for t in listed["items"]]
+
+
+async def test_a_write_on_dual_write_routes_is_refused_when_it_cannot_be_journaled(
+    sims: Simulators, demo
+):
+    running = await demo()
+    assert running.parts.store is not None
+    await running.parts.store.close()
+    status, body, _ = await call(
+        running, "PATCH", "/api/contacts/1014", "C-1014", json={"full_name": "x"}
+    )
+    assert status == 503
+    assert body["type"].endswith("outbox-unavailable")
+    assert not [r for r in sims.old_crm.requests() if r.method == "PATCH"], "nothing was sent"
