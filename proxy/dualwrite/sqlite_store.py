@@ -39,6 +39,7 @@ CREATE TABLE IF NOT EXISTS outbox (
     created REAL NOT NULL, state TEXT NOT NULL, attempts INTEGER NOT NULL DEFAULT 0,
     next_at REAL NOT NULL DEFAULT 0, last_error TEXT, dead_reason TEXT, data BLOB NOT NULL);
 CREATE INDEX IF NOT EXISTS outbox_by_state ON outbox (state, seq);
+CREATE TABLE IF NOT EXISTS okeys (okey TEXT PRIMARY KEY, last REAL NOT NULL);
 CREATE TABLE IF NOT EXISTS idmap (
     resource TEXT NOT NULL, origin TEXT NOT NULL, born TEXT NOT NULL,
     old_key TEXT, new_key TEXT, old_json TEXT, new_json TEXT, deleted INTEGER NOT NULL DEFAULT 0,
@@ -177,7 +178,19 @@ class SqliteStore(Store):
             )
             if record is not None:
                 _map_put(conn, record)
+            conn.execute(
+                "INSERT INTO okeys (okey, last) VALUES (?, ?) ON CONFLICT (okey) DO UPDATE SET "
+                "last = MAX(last, excluded.last)",
+                (entry.order_key, entry.created),
+            )
             return str(cur.lastrowid)
+
+        return await self._call(job)
+
+    async def last_commit(self, order_key: str) -> float | None:
+        def job(conn: sqlite3.Connection) -> float | None:
+            row = conn.execute("SELECT last FROM okeys WHERE okey = ?", (order_key,)).fetchone()
+            return float(row[0]) if row else None
 
         return await self._call(job)
 

@@ -54,6 +54,11 @@ class Store(ABC):
         so that two instances recovering the same intent never both enqueue it."""
 
     @abstractmethod
+    async def last_commit(self, order_key: str) -> float | None:
+        """When a write to this record was last committed (its entry's `created`), if ever.
+        Recovery must not re-send an unknown write over a newer one."""
+
+    @abstractmethod
     async def discard(self, intent_id: str) -> None:
         """The primary said no: forget the intent."""
 

@@ -401,23 +401,26 @@ class OutboxWorker:
             await self.recover(intent)
 
     async def recover(self, intent: OutboxEntry) -> None:
-        """The primary's answer to this write was never seen: ask it again with the same key."""
+        """The primary's answer to this write was never seen: ask it again with the same key.
+
+        Only while nothing newer was committed for the same record: re-sending an older write
+        that the primary never applied would put it on top of the newer one. Such an intent
+        becomes a dead letter instead (the newer write already reaches both platforms)."""
         table = self.table()
         route = table.route(intent.route)
         primary: Side = other_side(intent.target)
+        reason = None
         if route is None or self.spec.recover == "dead-letter":
             reason = "outcome unknown: cutover stopped while the primary was answering"
-            try:
-                ready_id = await self.store.commit(
-                    intent.id,
-                    intent.with_(
-                        order_key=intent.order_key or f"{intent.route}:unknown:{intent.id}"
-                    ),
-                    None,
+        elif intent.order_key:
+            last = await self.store.last_commit(intent.order_key)
+            if last is not None and last > intent.created:
+                reason = (
+                    "outcome unknown (cutover stopped while the primary was answering) and a "
+                    "newer write to the same record followed; not re-sent, so as not to undo it"
                 )
-                await self.store.dead_letter(intent.with_(id=ready_id), reason)
-            except StoreError:
-                return
+        if reason is not None or route is None:
+            await self._bury(intent, reason or "route removed")
             return
         upstream = table.upstream(primary, route.api)
         resolved = Resolved()
@@ -455,6 +458,16 @@ class OutboxWorker:
         self.stats.recovered += 1
         log.info("outbox_intent_recovered", entry=intent.id, route=intent.route, status=status)
         self.notify()
+
+    async def _bury(self, intent: OutboxEntry, reason: str) -> None:
+        okey = intent.order_key or f"{intent.route}:unknown:{intent.id}"
+        try:
+            ready_id = await self.store.commit(intent.id, intent.with_(order_key=okey), None)
+            await self.store.dead_letter(intent.with_(id=ready_id), reason)
+        except StoreError:
+            return  # resolved elsewhere
+        self.stats.dead += 1
+        log.warning("outbox_intent_buried", entry=intent.id, route=intent.route, reason=reason)
 
     async def outcome(
         self, route: Route, entry: OutboxEntry, primary: Side, payload: bytes

@@ -14,11 +14,19 @@ from proxy.dualwrite.store import Store, StoreError
 
 def entry(n: int = 0, *, okey: str | None = None, create: bool = False, **kw: Any) -> OutboxEntry:
     base: dict[str, Any] = dict(
-        route="contacts", method="PATCH", path=f"/api/contacts/{1000 + n}", query="",
-        body=b'{"full_name": "\xc3\xa9 n%d"}' % n, content_type="application/json", target="new",
+        route="contacts",
+        method="PATCH",
+        path=f"/api/contacts/{1000 + n}",
+        query="",
+        body=b'{"full_name": "\xc3\xa9 n%d"}' % n,
+        content_type="application/json",
+        target="new",
         order_key=okey if okey is not None else order_key("contact", "old", str(1000 + n)),
         record=None if create else RecordRef("contact", "old", str(1000 + n)),
-        request_id=f"r{n}", customer="sha256:x", created=time.time(), idempotency_key=f"k{n}",
+        request_id=f"r{n}",
+        customer="sha256:x",
+        created=time.time(),
+        idempotency_key=f"k{n}",
         primary_key=f"p{n}",
     )
     base.update(kw)
@@ -58,6 +66,17 @@ class StoreContract:
             await store.commit(intent, entry(1), None)
         assert len(await ready_all(store)) == 1
 
+    async def test_last_commit_per_record(self, store: Store):
+        assert await store.last_commit("contact:old:1") is None
+        early, late = (
+            entry(1, okey="contact:old:1", created=100.0),
+            entry(2, okey="contact:old:1", created=200.0),
+        )
+        await store.commit(await store.journal(late), late, None)
+        await store.commit(await store.journal(early), early, None)
+        assert await store.last_commit("contact:old:1") == 200.0
+        assert await store.last_commit("contact:old:2") is None
+
     async def test_discard_forgets_the_intent(self, store: Store):
         intent = await store.journal(entry(1))
         await store.discard(intent)
@@ -84,7 +103,9 @@ class StoreContract:
         await store.reschedule(first.with_(attempts=2, next_at=123.0, last_error="500"))
         again = (await ready_all(store))[0]
         assert (again.attempts, again.next_at, again.last_error) == (2, 123.0, "500")
-        await store.dead_letter(second.with_(attempts=4, last_error="422"), "422 Unprocessable: phone")
+        await store.dead_letter(
+            second.with_(attempts=4, last_error="422"), "422 Unprocessable: phone"
+        )
         assert [e.id for e in await ready_all(store)] == [ids[0], ids[2]]
         [dead] = await store.entries("dead", 10)
         assert dead.dead_reason == "422 Unprocessable: phone"
@@ -128,8 +149,12 @@ class StoreContract:
         assert done.order_key == "contact:new:CT-BBBBBB"
 
     async def test_commit_stores_the_single_sided_record(self, store: Store):
-        create = entry(1, create=True, okey="contact:new:CT-CCCCCC", method="POST", path="/api/contacts")
-        await store.commit(await store.journal(create), create, IdEntry("contact", None, '"CT-CCCCCC"', "new"))
+        create = entry(
+            1, create=True, okey="contact:new:CT-CCCCCC", method="POST", path="/api/contacts"
+        )
+        await store.commit(
+            await store.journal(create), create, IdEntry("contact", None, '"CT-CCCCCC"', "new")
+        )
         found = await store.map_lookup("contact", "new", "CT-CCCCCC")
         assert found is not None
         assert found.only_on == "new"
@@ -137,7 +162,9 @@ class StoreContract:
         assert ready.is_create
 
     async def test_map_scan_pages_through_everything(self, store: Store):
-        await store.map_put([IdEntry("contact", str(n), f'"CT-{n:06d}"', "old") for n in range(2500)])
+        await store.map_put(
+            [IdEntry("contact", str(n), f'"CT-{n:06d}"', "old") for n in range(2500)]
+        )
         await store.map_put([IdEntry("ticket", "1", '"TK-1"', "old")])
         seen = [e async for e in store.map_scan("contact")]
         assert len(seen) == 2500
