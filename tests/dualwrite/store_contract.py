@@ -6,29 +6,29 @@ import asyncio
 import time
 from typing import Any
 
-from proxy.dualwrite.model import IdEntry, OutboxEntry, RecordRef, order_key
 import pytest
 
+from proxy.dualwrite.model import IdEntry, OutboxEntry, RecordRef, order_key
 from proxy.dualwrite.store import Store, StoreError
 
 
 def entry(n: int = 0, *, okey: str | None = None, create: bool = False, **kw: Any) -> OutboxEntry:
-    base: dict[str, Any] = dict(
-        route="contacts",
-        method="PATCH",
-        path=f"/api/contacts/{1000 + n}",
-        query="",
-        body=b'{"full_name": "\xc3\xa9 n%d"}' % n,
-        content_type="application/json",
-        target="new",
-        order_key=okey if okey is not None else order_key("contact", "old", str(1000 + n)),
-        record=None if create else RecordRef("contact", "old", str(1000 + n)),
-        request_id=f"r{n}",
-        customer="sha256:x",
-        created=time.time(),
-        idempotency_key=f"k{n}",
-        primary_key=f"p{n}",
-    )
+    base: dict[str, Any] = {
+        "route": "contacts",
+        "method": "PATCH",
+        "path": f"/api/contacts/{1000 + n}",
+        "query": "",
+        "body": b'{"full_name": "\xc3\xa9 n%d"}' % n,
+        "content_type": "application/json",
+        "target": "new",
+        "order_key": okey if okey is not None else order_key("contact", "old", str(1000 + n)),
+        "record": None if create else RecordRef("contact", "old", str(1000 + n)),
+        "request_id": f"r{n}",
+        "customer": "sha256:x",
+        "created": time.time(),
+        "idempotency_key": f"k{n}",
+        "primary_key": f"p{n}",
+    }
     base.update(kw)
     return OutboxEntry(**base)
 
