@@ -23,6 +23,7 @@ from proxy.dualwrite.ids import IdMap
 from proxy.dualwrite.journal import DualWrite
 from proxy.dualwrite.model import IdEntry
 from proxy.dualwrite.store import Store, open_store
+from proxy.dualwrite.verify import Verifier
 from proxy.dualwrite.worker import OutboxWorker
 from proxy.mirror import MirrorDispatcher
 from proxy.observe import CustomerHasher
@@ -127,18 +128,26 @@ def _outbox(parts: Parts) -> Context:
         idmap = IdMap(store)
         if parts.preload_ids:
             await idmap.put(parts.preload_ids)
+        verifier = Verifier(parts.shadowing, idmap, lambda: parts.tables.table)
         worker = OutboxWorker(
-            store, lambda: parts.tables.table, parts.clients, idmap, owner=parts.instance
+            store,
+            lambda: parts.tables.table,
+            parts.clients,
+            idmap,
+            owner=parts.instance,
+            verify=verifier.schedule,
         )
         parts.store, parts.idmap, parts.worker = store, idmap, worker
         parts.proxy.translator.idmap = idmap
         parts.shadowing.translator.idmap = idmap
         parts.proxy.dual = DualWrite(store, worker, await store.instance_salt(), table)
         task = parts.supervisor.spawn(worker.run(), name="outbox-worker")
+        verifying = parts.supervisor.spawn(verifier.run(), name="verifier")
         yield
+        verifier.stop()
         await worker.stop(OUTBOX_FLUSH_TIMEOUT)
         task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
+        await asyncio.gather(task, verifying, return_exceptions=True)
         await store.close()
 
     return ctx

@@ -24,9 +24,10 @@ import orjson
 import structlog
 from multidict import CIMultiDict
 
-from proxy.config.table import Route, Upstream
+from proxy.config.table import Route, RouteTable, Upstream
+from proxy.dualwrite.model import OutboxEntry
 from proxy.errors import UpstreamError
-from proxy.headers import MIRROR, add_forwarding, upstream_request_headers
+from proxy.headers import MIRROR, REQUEST_ID, add_forwarding, upstream_request_headers
 from proxy.mirror import MirrorDispatcher
 from proxy.observe import CustomerHasher
 from proxy.routing import Decision
@@ -178,6 +179,67 @@ class Shadowing:
 
     def close(self) -> None:
         self._executor.shutdown(wait=False, cancel_futures=True)
+
+    def write(self, record: dict[str, Any]) -> None:
+        if self.sink is not None and not self.sink.submit(record):
+            self.stats.drop_reasons["diff_log_full"] += 1
+
+    def verify(
+        self, table: RouteTable, route: Route, path: str, resolved: Resolved, entry: OutboxEntry
+    ) -> bool:
+        """Read one written record on both platforms and log the comparison (`kind: verify`).
+        Runs in the secondary's mirror lane; False when the lane dropped it."""
+        old_up = table.upstream("old", route.api)
+        new_up = table.upstream("new", route.api)
+
+        async def job() -> None:
+            old_target = await self.translator.path_on(route, "old", path, "", resolved)
+            new_target = await self.translator.path_on(route, "new", path, "", resolved)
+            if old_target is None or new_target is None:
+                return
+            answers = []
+            for upstream, target in ((old_up, old_target), (new_up, new_target)):
+                headers: CIMultiDict[str] = CIMultiDict(upstream.headers)
+                headers[MIRROR] = "verify"
+                headers[REQUEST_ID] = entry.request_id
+                answers.append(self.fetch(upstream, "GET", target, headers, route.rules.max_body))
+            old, new = await asyncio.gather(*answers)
+            comparison = None
+            if old.observation is not None and new.observation is not None:
+                new_obs, translated = await self.in_old_terms(route, new.observation)
+                comparison = await self.compare(
+                    old.observation, new_obs, route.rules, route.name, translated=translated
+                )
+                self.stats.verified[comparison.match] += 1
+            head = {
+                "ts": _iso_now(),
+                "kind": "verify",
+                "request_id": entry.request_id,
+                "route": route.name,
+                "channel": None,
+                "cohort": None,
+                "customer": entry.customer,
+                "method": "GET",
+                "path": path,
+                "query": "",
+                "primary": "old" if entry.target == "new" else "new",
+            }
+            # the raw customer key is not kept in the outbox, so no bodies to scrub it from
+            self.write(
+                build_record(
+                    head,
+                    old,
+                    new,
+                    comparison,
+                    route.rules,
+                    customer=None,
+                    hasher=self.hasher,
+                    bodies=False,
+                )
+            )
+
+        target = new_up if entry.target == "new" else old_up
+        return self.dispatcher.submit(target.name, target.mirror, job) is None
 
     def learner(self, route: str) -> NoiseLearner:
         learner = self._learners.get(route)
@@ -365,13 +427,9 @@ class _Exchange:
             sh.stats.drop_reasons[f"noise_probe_{reason}"] += 1
 
     def _record(self, control: Answer, candidate: Answer, comparison: Comparison | None) -> None:
-        sink = self.shadowing.sink
-        if sink is None:
-            return
         decision = self.decision
-        rules = decision.route.rules
         old, new = self._oriented(control, candidate)
-        record: dict[str, Any] = {
+        head = {
             "ts": _iso_now(),
             "kind": "shadow",
             "request_id": self.request_id,
@@ -383,51 +441,17 @@ class _Exchange:
             "path": self._masked_path(),
             "query": mask_query(self.query),
             "primary": decision.primary,
-            "status": {
-                "old": old.observation.status if old.observation else None,
-                "new": new.observation.status if new.observation else None,
-            },
-            "latency_ms": {"old": round(old.latency_ms, 2), "new": round(new.latency_ms, 2)},
         }
-        if comparison is None:
-            failed = "old" if old.error else "new"
-            record.update(
-                result="error",
-                match=False,
-                mode=None,
-                differences=[],
-                noise=[],
-                error={"side": failed, "kind": old.error or new.error},
-            )
-        else:
-            record.update(
-                result="match" if comparison.match else "mismatch",
-                match=comparison.match,
-                mode=comparison.mode,
-                differences=[_diff(redact_difference(d, rules)) for d in comparison.differences],
-                noise=[_diff(redact_difference(d, rules)) for d in comparison.noise],
-                error=None,
-            )
-            small = (
-                max(
-                    old.observation.body_size if old.observation else 0,
-                    new.observation.body_size if new.observation else 0,
-                )
-                <= RECORD_BODIES_UP_TO
-            )
-            if not comparison.match and comparison.mode == "json" and small:
-                record["bodies"] = {
-                    "old": redact_doc(comparison.old_doc, rules),
-                    "new": redact_doc(comparison.new_doc, rules),
-                }
-        customer = decision.identity.customer
-        if customer is not None:
-            hashed = self.shadowing.hasher(customer) or "***"
-            for key in ("differences", "noise", "bodies"):
-                if key in record:
-                    record[key] = scrub(record[key], customer, hashed)
-        if not sink.submit(record):
-            self.shadowing.stats.drop_reasons["diff_log_full"] += 1
+        record = build_record(
+            head,
+            old,
+            new,
+            comparison,
+            decision.route.rules,
+            customer=decision.identity.customer,
+            hasher=self.shadowing.hasher,
+        )
+        self.shadowing.write(record)
 
     def _masked_path(self) -> str:
         """The path, with the customer key (when it appears in it) replaced by its hash."""
@@ -435,6 +459,61 @@ class _Exchange:
         if customer and customer in self.path:
             return self.path.replace(customer, self.shadowing.hasher(customer) or "***")
         return self.path
+
+
+def build_record(
+    head: dict[str, Any],
+    old: Answer,
+    new: Answer,
+    comparison: Comparison | None,
+    rules: CompareRules,
+    *,
+    customer: str | None,
+    hasher: CustomerHasher,
+    bodies: bool = True,
+) -> dict[str, Any]:
+    """One diff-log line (docs/diff-log.md): redacted, the customer key hashed wherever a
+    platform echoed it; bodies only for mismatches, and only small ones."""
+    record: dict[str, Any] = {
+        **head,
+        "status": {
+            "old": old.observation.status if old.observation else None,
+            "new": new.observation.status if new.observation else None,
+        },
+        "latency_ms": {"old": round(old.latency_ms, 2), "new": round(new.latency_ms, 2)},
+    }
+    if comparison is None:
+        failed = "old" if old.error else "new"
+        record.update(
+            result="error",
+            match=False,
+            mode=None,
+            differences=[],
+            noise=[],
+            error={"side": failed, "kind": old.error or new.error},
+        )
+        return record
+    record.update(
+        result="match" if comparison.match else "mismatch",
+        match=comparison.match,
+        mode=comparison.mode,
+        differences=[_diff(redact_difference(d, rules)) for d in comparison.differences],
+        noise=[_diff(redact_difference(d, rules)) for d in comparison.noise],
+        error=None,
+    )
+    sizes = [a.observation.body_size for a in (old, new) if a.observation is not None]
+    small = max(sizes, default=0) <= RECORD_BODIES_UP_TO
+    if bodies and not comparison.match and comparison.mode == "json" and small:
+        record["bodies"] = {
+            "old": redact_doc(comparison.old_doc, rules),
+            "new": redact_doc(comparison.new_doc, rules),
+        }
+    if customer is not None:
+        hashed = hasher(customer) or "***"
+        for key in ("differences", "noise", "bodies"):
+            if key in record:
+                record[key] = scrub(record[key], customer, hashed)
+    return record
 
 
 def scrub(value: Any, secret: str, replacement: str) -> Any:

@@ -33,6 +33,7 @@ class ShadowStats:
     drop_reasons: Counter[str] = field(default_factory=Counter)
     differing_paths: dict[str, Counter[str]] = field(default_factory=dict)  # route -> path -> n
     max_paths_per_route: int = 1000
+    verified: Counter[bool] = field(default_factory=Counter)  # verify reads: match -> count
 
     def cell(self, route: str, channel: str, cohort: str) -> CellStats:
         key = (route, channel, cohort)

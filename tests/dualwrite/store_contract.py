@@ -98,7 +98,12 @@ class StoreContract:
         assert sorted(int(e.request_id[1:]) for e in await ready_all(store)) == list(range(200))
 
     async def test_reschedule_dead_letter_revive_drop(self, store: Store):
-        ids = [await store.commit(await store.journal(entry(n)), entry(n), None) for n in range(3)]
+        """Three writes to one record: a revived dead letter goes behind the later ones."""
+        one = "contact:old:1"
+        ids = [
+            await store.commit(await store.journal(entry(n, okey=one)), entry(n, okey=one), None)
+            for n in range(3)
+        ]
         first, second, third = await ready_all(store)
         await store.reschedule(first.with_(attempts=2, next_at=123.0, last_error="500"))
         again = (await ready_all(store))[0]
