@@ -122,7 +122,10 @@ def _outbox(parts: Parts) -> Context:
             yield
             return
         store = open_store(
-            table.spec.store, table.base_dir, partitions=table.spec.outbox.partitions
+            table.spec.store,
+            table.base_dir,
+            partitions=table.spec.outbox.partitions,
+            migration=table.migration,
         )
         await store.open()
         idmap = IdMap(store)

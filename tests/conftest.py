@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -68,3 +69,38 @@ async def cutover(tmp_path: Path) -> AsyncIterator[Callable[..., Any]]:
 async def http() -> AsyncIterator[aiohttp.ClientSession]:
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as session:
         yield session
+
+
+REDIS_URL = "redis://127.0.0.1:6379/0"
+
+
+async def _require_redis() -> Any:
+    import redis.asyncio as aioredis
+
+    client = aioredis.from_url(REDIS_URL, socket_connect_timeout=2, socket_timeout=5)
+    try:
+        await client.ping()
+    except Exception as exc:
+        await client.aclose()
+        pytest.fail(f"these tests need the real Redis at {REDIS_URL} (./dev test starts it): {exc}")
+    return client
+
+
+@pytest.fixture(params=["sqlite", "redis"])
+async def store_choice(
+    request: pytest.FixtureRequest, tmp_path: Path
+) -> AsyncIterator[dict[str, str]]:
+    """The outbox store for a test, both kinds: `{"store": url, "migration": name}` to merge
+    into routes.yaml. Redis keys live under the migration name, deleted afterwards."""
+    if request.param == "sqlite":
+        yield {"store": f"sqlite:///{tmp_path}/state/cutover.db", "migration": "crm-2026"}
+        return
+    client = await _require_redis()
+    migration = f"test-{uuid.uuid4().hex[:10]}"
+    try:
+        yield {"store": REDIS_URL, "migration": migration}
+    finally:
+        keys = [k async for k in client.scan_iter(match=f"cutover:{migration}:*", count=1000)]
+        if keys:
+            await client.delete(*keys)
+        await client.aclose()

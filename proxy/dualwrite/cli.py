@@ -51,7 +51,10 @@ def _with_store(work: Callable[[Store, RouteTable, argparse.Namespace], Awaitabl
 
         async def run() -> int:
             store = open_store(
-                table.spec.store, table.base_dir, partitions=table.spec.outbox.partitions
+                table.spec.store,
+                table.base_dir,
+                partitions=table.spec.outbox.partitions,
+                migration=table.migration,
             )
             try:
                 await store.open()

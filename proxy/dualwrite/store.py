@@ -116,8 +116,11 @@ class Store(ABC):
     def map_scan(self, resource: str) -> AsyncIterator[IdEntry]: ...
 
 
-def open_store(url: str, base_dir: Path, *, partitions: int = 8) -> Store:
-    """The store routes.yaml names: sqlite:///relative/or/absolute.db, or redis://…"""
+def open_store(url: str, base_dir: Path, *, partitions: int = 8, migration: str = "") -> Store:
+    """The store routes.yaml names: sqlite:///relative/or/absolute.db, or redis://…
+
+    In Redis, keys live under `cutover:<migration>:`, so two migrations (or two test runs
+    with their own migration names) can share one server."""
     if url.startswith("sqlite://"):
         from proxy.dualwrite.sqlite_store import SqliteStore
 
@@ -128,5 +131,6 @@ def open_store(url: str, base_dir: Path, *, partitions: int = 8) -> Store:
     if url.startswith(("redis://", "rediss://")):
         from proxy.dualwrite.redis_store import RedisStore
 
-        return RedisStore(url, partitions=partitions)
+        prefix = f"cutover:{migration}:" if migration else None
+        return RedisStore(url, partitions=partitions, prefix=prefix)
     raise StoreError(f"unknown store {url!r}")

@@ -19,9 +19,9 @@ from tests.processes import CutoverProcess, wait_for
 pytestmark = pytest.mark.e2e
 
 
-def fast_outbox(doc: dict[str, Any]) -> dict[str, Any]:
+def fast_outbox(doc: dict[str, Any], store: dict[str, str]) -> dict[str, Any]:
     doc["outbox"] = {"backoff_min": "20ms", "backoff_max": "300ms", "intent_timeout": "2s"}
-    doc.pop("store", None)  # ./state/cutover.db next to the process's routes.yaml
+    doc.update(store)
     return doc
 
 
@@ -89,8 +89,11 @@ def snapshot(sims: Simulators) -> tuple[dict[str, Counter[str]], dict[str, Count
     return {"names": old}, {"names": new}
 
 
-async def test_kill_9_during_2000_writes_loses_and_doubles_nothing(sims: Simulators, cutover):
-    process = await cutover(fast_outbox(demo_doc(sims)), ids=sims)
+async def test_kill_9_during_2000_writes_loses_and_doubles_nothing(
+    sims: Simulators, cutover, store_choice
+):
+    """SQLite and Redis: SIGKILL at 600 of 2 000 writes, restart on the same store."""
+    process = await cutover(fast_outbox(demo_doc(sims), store_choice), ids=sims)
     load = Load()
     task = asyncio.ensure_future(load.run(process.url))  # noqa: TID251 - the test owns it
     await wait_for(lambda: load.next >= 600, timeout=60, what="600 writes under way")

@@ -28,18 +28,23 @@ Starter = Callable[..., Any]
 
 
 @pytest.fixture
-async def demo(sims: Simulators, tmp_path: Path) -> AsyncIterator[Starter]:
+async def demo(
+    sims: Simulators, tmp_path: Path, store_choice: dict[str, str]
+) -> AsyncIterator[Starter]:
+    """cutover in process on the demo routes, against SQLite and against the real Redis."""
     started: list[Running] = []
 
-    async def make(change: Callable[[dict[str, Any]], None] | None = None) -> Running:
+    async def make(
+        change: Callable[[dict[str, Any]], None] | None = None, sink: Sink | None = None
+    ) -> Running:
         doc = demo_doc(sims)
-        doc["store"] = f"sqlite:///{tmp_path}/state/cutover.db"
+        doc.update(store_choice)
         doc["outbox"] = {"backoff_min": "20ms", "backoff_max": "200ms", "intent_timeout": "1s"}
         if change is not None:
             change(doc)
         running = await start(
             parse_config(dump(doc), env={}, base_dir=tmp_path),
-            sink=Sink(),
+            sink=sink if sink is not None else Sink(),
             preload_ids=seeded_ids(sims),
         )
         started.append(running)
@@ -249,3 +254,71 @@ async def test_a_write_on_dual_write_routes_is_refused_when_it_cannot_be_journal
     assert status == 503
     assert body["type"].endswith("outbox-unavailable")
     assert not [r for r in sims.old_crm.requests() if r.method == "PATCH"], "nothing was sent"
+
+
+async def test_verify_after_reads_the_record_back_on_both(sims: Simulators, demo):
+    """verify_after: once both platforms confirmed, the record is read on both and compared."""
+    sink = Sink()
+
+    def verify(doc: dict[str, Any]) -> None:
+        doc["routes"][0]["verify_after"] = "100ms"
+
+    running = await demo(verify, sink=sink)
+    status, _, _ = await call(
+        running, "PATCH", "/api/contacts/1015", "C-1015", json={"full_name": "Verified Person"}
+    )
+    assert status == 200
+
+    def verified() -> list[dict[str, Any]]:
+        return [r for r in sink if r["kind"] == "verify"]
+
+    [good] = await wait_for(verified, what="a verify record")
+    assert good["result"] == "match"
+    assert good["path"] == "/api/contacts/1015"
+    # an automation on new changes the record after the write: the read-back shows it
+    sims.new_crm.set_faults(
+        "wrong_field", field="name", value="Renamed By Automation", methods=["GET"]
+    )
+    await call(running, "PATCH", "/api/contacts/1016", "C-1016", json={"full_name": "Another"})
+    await wait_for(lambda: len(verified()) == 2, what="a second verify record")
+    bad = verified()[1]
+    assert bad["result"] == "mismatch"
+    assert [d["path"] for d in bad["differences"]] == ["$.full_name"]
+    assert "bodies" not in bad
+
+
+async def test_a_customer_moved_to_new_and_rolled_back_keeps_what_was_written_on_new(
+    sims: Simulators, demo
+):
+    def on_new(doc: dict[str, Any]) -> None:
+        doc["routes"][0]["weights"] = {"default": 100}
+
+    running = await demo(on_new)
+    status, made, side = await call(
+        running,
+        "POST",
+        "/api/contacts",
+        "C-2100",
+        json={"customer": "C-2100", "full_name": "Written On New"},
+    )
+    assert (status, side) == (201, "new")
+    status, _, side = await call(
+        running, "PATCH", "/api/contacts/1030", "C-1030", json={"full_name": "Changed On New"}
+    )
+    assert (status, side) == (200, "new")
+    await wait_for(outbox_empty(running), what="the writes to reach old")
+    await running.stop()
+
+    def rolled_back(doc: dict[str, Any]) -> None:
+        doc["routes"][0]["weights"] = {"default": 100}
+        doc["rollback"] = True
+
+    back = await demo(rolled_back)
+    status, body, side = await call(back, "GET", "/api/contacts/1030", "C-1030")
+    assert (status, side, body["full_name"]) == (200, "old", "Changed On New")
+    status, listed, side = await call(back, "GET", "/api/contacts?customer=C-2100", "C-2100")
+    assert (status, side) == (200, "old")
+    assert [c["full_name"] for c in listed["items"]] == ["Written On New"]
+    status, again, side = await call(back, "GET", f"/api/contacts/{made['id']}", "C-2100")
+    assert (status, side) == (200, "old"), "the new id the client kept still finds the record"
+    assert again["full_name"] == "Written On New"
