@@ -19,7 +19,6 @@ from proxy.config.table import Route
 from proxy.dualwrite.ids import IdMap, path_id, with_path_id
 from proxy.dualwrite.model import IdEntry, key_text
 from shadow import jsonpath
-from shadow.rules import record_slots
 
 
 class Unresolved(Exception):
@@ -61,10 +60,15 @@ def target_for(route: Route, side: Side, path: str, query: str) -> str:
 
 
 def records_of(doc: Any, route: Route) -> list[Any]:
-    """The records of an old-contract document: list elements, or the document itself."""
-    slots = record_slots(doc, route.rules)
-    if slots:
-        return [container[index] for container, index in slots]
+    """The records of an old-contract document: list elements (of a top-level array or of the
+    collection, even when there are none), or the document itself."""
+    if isinstance(doc, list):
+        return doc
+    collection = route.rules.collection
+    if collection is not None and isinstance(doc, dict):
+        items = jsonpath.get_at(doc, collection)
+        if isinstance(items, list):
+            return items
     return [doc] if isinstance(doc, dict) else []
 
 

@@ -134,3 +134,31 @@ async def test_kill_9_during_2000_writes_loses_and_doubles_nothing(
     dead = orjson.loads(restarted.cli("outbox", "dead-letters", "--json").stdout)
     assert len(dead) <= 16
     assert all("newer write to the same record" in d["dead_reason"] for d in dead), dead
+
+
+async def test_reconcile_finds_exactly_what_differs(sims: Simulators, cutover, http, store_choice):
+    """After dual-writes, reconcile reports the seeded discrepancies, a record created on new
+    behind cutover's back, and nothing else."""
+    process = await cutover(fast_outbox(demo_doc(sims), store_choice), ids=sims)
+    async with http.patch(
+        f"{process.url}/api/contacts/1040",
+        json={"full_name": "Reconciled"},
+        headers={"X-Customer-Id": "C-1040"},
+    ) as response:
+        assert response.status == 200
+    await wait_for(lambda: outbox_drained(process), what="the write to reach new")
+    async with http.post(
+        f"{sims.new_crm.url}/v2/contacts",
+        json={"customer": "C-9990", "name": "Behind Cutover's Back"},
+    ) as response:
+        assert response.status == 201
+        stray = (await response.json())["id"]
+    result = await asyncio.to_thread(process.cli, "reconcile", "--resource", "contact", "--json")
+    assert result.returncode == 3, result.stderr  # differences found
+    report = orjson.loads(result.stdout)
+    seeded = {d.old_id for d in sims.discrepancies if d.resource == "contact"}
+    assert {d["old_id"] for d in report["different"]} == seeded
+    assert report["only_on_new"] == [stray]
+    assert report["missing_on_new"] == report["missing_on_old"] == []
+    assert report["equal"] == 300 - len(seeded)
+    assert report["errors"] == []
