@@ -41,7 +41,7 @@ RETRYABLE_STATUS = frozenset({408, 409, 425, 429})
 LEASE_TTL = 15.0
 POLL_INTERVAL = 0.25
 WINDOW = 10_000  # ready entries held in memory per partition
-TARGET_PAUSE_MAX = 30.0
+TARGET_PAUSE_MAX = 5.0  # also the longest a recovered target waits to be noticed
 Verify = Callable[[Route, OutboxEntry, IdEntry | None], None]
 
 
@@ -221,8 +221,9 @@ class OutboxWorker:
             self._pop(okey, entry)
             self.stats.sent += 1
             self.stats.lag_ms.append((time.time() - entry.created) * 1000)
-            self._paused_until.pop(entry.target, None)
-            self._pause_s.pop(entry.target, None)
+            if self._pause_s.pop(entry.target, None) is not None:
+                self._paused_until.pop(entry.target, None)
+                self._wake_backlog(entry.target)
             if self.verify is not None:
                 route = self.table().route(entry.route)
                 if route is not None and route.spec.verify_after:
@@ -259,6 +260,20 @@ class OutboxWorker:
             request_id=entry.request_id,
             reason=reason,
         )
+
+    def _wake_backlog(self, target: str) -> None:
+        """The target answers again: what waited out its own backoff during the outage goes
+        now, instead of each record sleeping until its timer (replay at full speed)."""
+        now = time.time()
+        woken = 0
+        for queue in self._queues.values():
+            head = queue[0]
+            if head.target == target and head.next_at > now and head.id not in self._in_flight:
+                queue[0] = head.with_(next_at=now)
+                woken += 1
+        if woken:
+            log.info("outbox_target_back", target=target, woken=woken)
+            self._wake.set()
 
     def _pause(self, target: str) -> None:
         pause = min(
