@@ -64,7 +64,7 @@ def cutover(
 
 
 async def outbox_depth(case: Path) -> int:
-    out = await asyncio.create_subprocess_exec(  # noqa: TID251 - a short-lived child process
+    out = await asyncio.create_subprocess_exec(
         PYTHON,
         "-m",
         "proxy",
