@@ -260,6 +260,9 @@ class Proxy:
             request_id=ex.request_id,
         )
         journal = self.dual if decision.dual_write else None
+        # a create on a route with ids is noted in the id map even without dual-write, so that
+        # record affinity can find the record's only platform later
+        creates = route.ids is not None and method == "POST" and resolved.span is None
         raw, data = await self._request_body(
             request, table, route, primary, headers, whole=journal is not None
         )
@@ -294,7 +297,7 @@ class Proxy:
                     route,
                     primary,
                     pending.capture if pending else None,
-                    keep=intent is not None,
+                    keep=intent is not None or creates,
                 )
                 status = answer.status
                 if pending is not None:
@@ -310,6 +313,8 @@ class Proxy:
                 pending.abandon()
         if journal is not None and intent is not None:
             await journal.settle(intent, route, status, payload)
+        elif creates and self.dual is not None and 200 <= status < 300:
+            await self.dual.note_create(route, primary, payload)
         return response
 
     async def _start_shadow(

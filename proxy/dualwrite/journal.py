@@ -13,6 +13,8 @@ import os
 import time
 from dataclasses import dataclass
 
+import structlog
+
 from proxy.config.spec import Side
 from proxy.config.table import Route, RouteTable
 from proxy.dualwrite.model import OutboxEntry, RecordRef, key_text, order_key
@@ -20,6 +22,8 @@ from proxy.dualwrite.store import Store, StoreError
 from proxy.dualwrite.worker import OutboxWorker
 from proxy.errors import OutboxUnavailable, UpstreamError, UpstreamRefused
 from proxy.translate import Resolved
+
+log = structlog.get_logger("cutover.journal")
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,6 +123,32 @@ class DualWrite:
         if record is not None:
             self.worker.idmap.remember(record)
         self.worker.notify()
+
+    async def note_create(self, route: Route, primary: Side, payload: bytes | None) -> None:
+        """A create without dual-write: the record exists on `primary` only; the id map says so."""
+        probe = OutboxEntry(
+            route=route.name,
+            method="POST",
+            path=route.prefix,
+            query="",
+            body=b"",
+            content_type="",
+            target="old" if primary == "new" else "new",
+            order_key="",
+            record=None,
+            request_id="",
+            customer=None,
+            created=time.time(),
+            idempotency_key="",
+            primary_key="",
+        )
+        _, record = await self.worker.outcome(route, probe, primary, payload or b"")
+        if record is None:
+            return
+        try:
+            await self.worker.idmap.put([record])
+        except StoreError as exc:  # the client's write succeeded; only affinity is weaker
+            log.warning("idmap_note_failed", route=route.name, error=str(exc))
 
     async def failed(self, intent: Intent, error: UpstreamError) -> None:
         """The primary failed: certainly not applied when it refused the connection; otherwise

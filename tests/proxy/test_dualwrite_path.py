@@ -322,3 +322,47 @@ async def test_a_customer_moved_to_new_and_rolled_back_keeps_what_was_written_on
     status, again, side = await call(back, "GET", f"/api/contacts/{made['id']}", "C-2100")
     assert (status, side) == (200, "old"), "the new id the client kept still finds the record"
     assert again["full_name"] == "Written On New"
+
+
+async def test_a_record_on_one_platform_only_is_served_by_it_whatever_the_weights(
+    sims: Simulators, demo
+):
+    """Record affinity: created on new while dual-write was off, it stays reachable when the
+    customer's weights say old, and writes to it are not replayed to old (a dead letter says why)."""
+
+    def new_without_dual_write(doc: dict[str, Any]) -> None:
+        doc["routes"][0]["weights"] = {"default": 100}
+        doc["routes"][0]["dual_write"] = False
+
+    running = await demo(new_without_dual_write)
+    status, made, side = await call(
+        running,
+        "POST",
+        "/api/contacts",
+        "C-2200",
+        json={"customer": "C-2200", "full_name": "Only On New"},
+    )
+    assert (status, side) == (201, "new")
+    await running.stop()
+
+    running = await demo()  # the demo's weights: this customer on old, dual-write on
+    status, body, side = await call(running, "GET", f"/api/contacts/{made['id']}", "C-2200")
+    assert (status, side, body["full_name"]) == (200, "new", "Only On New")
+    status, _, side = await call(
+        running,
+        "PATCH",
+        f"/api/contacts/{made['id']}",
+        "C-2200",
+        json={"full_name": "Still Only On New"},
+    )
+    assert (status, side) == (200, "new")
+    store = running.parts.store
+    assert store is not None
+
+    async def dead() -> Any:
+        return await store.entries("dead", 10)
+
+    [letter] = await wait_for(dead, what="the write to old refused as a dead letter")
+    assert letter.dead_reason is not None
+    assert "exists on new only" in letter.dead_reason
+    assert not [c for c in sims.old_crm.contacts() if c["customer"] == "C-2200"]
