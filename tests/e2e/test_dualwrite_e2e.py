@@ -28,7 +28,7 @@ def fast_outbox(doc: dict[str, Any], store: dict[str, str]) -> dict[str, Any]:
 async def outbox_drained(process: CutoverProcess) -> bool:
     result = await asyncio.to_thread(process.cli, "outbox", "status", "--json")
     assert result.returncode == 0, result.stderr
-    status = orjson.loads(result.stdout)
+    status: dict[str, int] = orjson.loads(result.stdout)
     return status["ready"] == 0 and status["intents"] == 0
 
 

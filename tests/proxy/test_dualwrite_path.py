@@ -180,6 +180,7 @@ async def test_secondary_down_then_back_every_write_arrives_in_order(sims: Simul
         r for r in sims.new_crm.requests() if r.method == "PATCH" and r.path.endswith(str(new_id))
     ]
     assert len(patches) >= 8
+    assert new_id is not None
     record = sims.new_crm.contact(new_id)
     assert record is not None
     assert record["name"] == "Version 7"
@@ -193,7 +194,9 @@ async def test_500s_are_retried_and_422_is_a_dead_letter_with_its_reason(sims: S
     )
     assert status == 200
     await wait_for(outbox_empty(running), what="the retried write")
-    record = sims.new_crm.contact(sims.new_id("contact", 1011))
+    new_id = sims.new_id("contact", 1011)
+    assert new_id is not None
+    record = sims.new_crm.contact(new_id)
     assert record is not None
     assert record["name"] == "Retried"
     sims.new_crm.set_faults("status", status=422)
