@@ -181,6 +181,21 @@ def wrk(
     return WrkResult(rps, total, errors, get("50.000", "50"), get("99.000", "99"), get("99.900"))
 
 
+def import_seeded_ids(case: Path, config: str = "routes.yaml") -> None:
+    """The simulators' seeded id pairs (deterministic: seed 42, 300 customers) into the case's
+    store, as `cutover idmap import` does for a real migration."""
+    from proxy.demo.seed import generate
+
+    pairs = case / "ids.csv"
+    pairs.write_text("".join(f"{k},{o},{n}\n" for k, o, n in generate(42, 300).id_map))
+    subprocess.run(
+        [PYTHON, "-m", "proxy", "--config", config, "idmap", "import", str(pairs)],
+        cwd=case,
+        check=True,
+        capture_output=True,
+    )
+
+
 def routes_yaml(
     *,
     listen: int,

@@ -3,7 +3,7 @@
     .venv/bin/python -m bench.shadow [seconds]
 
 The simulated platforms and wrk share core 1; each cutover runs alone on core 0, one at a time,
-and is driven with GET /api/contacts?customer=… (a ~700-byte JSON answer on both platforms).
+and is driven with GET /api/contacts/1010 (a ~600-byte JSON answer; the id map translates it).
 """
 
 from __future__ import annotations
@@ -12,9 +12,19 @@ import sys
 import tempfile
 from pathlib import Path
 
-from bench.common import PYTHON, Proc, WrkResult, free_port, pinned, routes_yaml, wait_port, wrk
+from bench.common import (
+    PYTHON,
+    Proc,
+    WrkResult,
+    free_port,
+    import_seeded_ids,
+    pinned,
+    routes_yaml,
+    wait_port,
+    wrk,
+)
 
-PATH = "/api/contacts?customer=C-1010"
+PATH = "/api/contacts/1010"
 HEADERS = {"X-Customer-Id": "C-1010", "X-Channel": "phone"}
 
 
@@ -49,6 +59,7 @@ def main() -> None:
             (case_dir / "routes.yaml").write_text(
                 routes_yaml(listen=listen, ports=ports, shadow=shadow)
             )
+            import_seeded_ids(case_dir)
             proc = Proc.start(
                 case,
                 pinned(
