@@ -14,15 +14,19 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 
 import structlog
-from aiohttp import web
+from aiohttp import ClientSession, web
 
 from proxy.config import RouteTable
+from proxy.control.live import Control
+from proxy.control.watch import watch
 from proxy.dualwrite.ids import IdMap
 from proxy.dualwrite.journal import DualWrite
 from proxy.dualwrite.model import IdEntry
-from proxy.dualwrite.store import Store, open_store
+from proxy.dualwrite.store import Store, StoreError, open_store
 from proxy.dualwrite.verify import Verifier
 from proxy.dualwrite.worker import OutboxWorker
 from proxy.mirror import MirrorDispatcher
@@ -32,7 +36,7 @@ from proxy.shadowing import RecordSink, Shadowing
 from proxy.state import TableStore
 from proxy.supervisor import Supervisor
 from proxy.translate import Translator
-from proxy.upstream import UpstreamClients
+from proxy.upstream import UpstreamClients, close_sessions
 from shadow.difflog import DiffLogWriter
 from shadow.stats import ShadowStats
 
@@ -57,11 +61,51 @@ class Parts:
     proxy: Proxy
     shadowing: Shadowing
     difflog: DiffLogWriter | None
+    control: Control
     supervisor: Supervisor = field(default_factory=lambda: Supervisor("cutover"))
     store: Store | None = None
     idmap: IdMap | None = None
     worker: OutboxWorker | None = None
     preload_ids: list[IdEntry] = field(default_factory=list)
+
+    async def outbox_to(self, side: str) -> int | None:
+        """Writes still on their way to `side` (None when there is no outbox)."""
+        if self.store is None:
+            return None
+        try:
+            stats = await self.store.stats()
+        except StoreError:
+            return None
+        return stats.by_target.get(side, 0) + stats.intents
+
+    async def state(self) -> dict[str, Any]:
+        """The parts' own state for /admin/state and the console."""
+        data: dict[str, Any] = {
+            "shadow": self.shadowing.stats.snapshot(),
+            "mirrors": self.shadowing.dispatcher.snapshot(),
+            "noise": self.shadowing.noise_report(),
+        }
+        if self.difflog is not None:
+            data["diff_log"] = {
+                "written": self.difflog.written,
+                "dropped": self.difflog.dropped,
+                "errors": self.difflog.errors,
+            }
+        if self.store is not None:
+            try:
+                stats = await self.store.stats()
+                data["outbox"] = {
+                    "ready": stats.ready,
+                    "intents": stats.intents,
+                    "dead": stats.dead,
+                    "oldest_age_s": stats.oldest_age_s,
+                    "by_target": stats.by_target,
+                }
+            except StoreError as exc:
+                data["outbox"] = {"error": str(exc)}
+        if self.worker is not None:
+            data["outbox_worker"] = self.worker.snapshot()
+        return data
 
 
 def needs_store(table: RouteTable) -> bool:
@@ -72,10 +116,12 @@ def build(
     table: RouteTable,
     *,
     instance: str,
+    config_path: Path | None = None,
     sink: RecordSink | None = None,
     preload_ids: Iterable[IdEntry] = (),
 ) -> tuple[web.Application, Parts]:
     tables = TableStore(table)
+    control = Control(tables, config_path, instance, table.resolve(table.spec.state_dir))
     clients = UpstreamClients()
     hasher = CustomerHasher(table.migration)
     difflog: DiffLogWriter | None = None
@@ -93,13 +139,22 @@ def build(
         tables, clients, hasher=hasher, shadowing=shadowing, difflog=difflog, translator=translator
     )
     parts = Parts(
-        instance, tables, clients, hasher, proxy, shadowing, difflog, preload_ids=list(preload_ids)
+        instance,
+        tables,
+        clients,
+        hasher,
+        proxy,
+        shadowing,
+        difflog,
+        control,
+        preload_ids=list(preload_ids),
     )
 
     app = web.Application(client_max_size=table.spec.outbox.max_body)
     app[PARTS] = parts
     app.router.add_route("*", "/{tail:.*}", proxy.handle)
     app.cleanup_ctx.append(_sessions(parts))
+    app.cleanup_ctx.append(_control(parts))
     app.cleanup_ctx.append(_outbox(parts))
     app.cleanup_ctx.append(_shadow(parts))
     return app, parts
@@ -113,6 +168,34 @@ def _sessions(parts: Parts) -> Context:
         await parts.clients.close()
 
     return ctx
+
+
+def _control(parts: Parts) -> Context:
+    """Reloads: the file watched, and every swap re-syncing the upstream sessions (sessions of
+    upstreams that changed are closed once requests that may still use them are done)."""
+
+    async def ctx(app: web.Application) -> AsyncIterator[None]:
+        def swapped(old: RouteTable, new: RouteTable) -> None:
+            stale = parts.clients.sync(new)
+            if stale:
+                grace = 2 * max((u.timeout for u in old.upstreams.values()), default=5.0) + 1
+                parts.supervisor.spawn(_close_later(stale, grace), name="close-stale-sessions")
+
+        parts.tables.on_swap(swapped)
+        watcher = None
+        if parts.control.path is not None:
+            watcher = parts.supervisor.spawn(watch(parts.control), name="config-watch")
+        yield
+        if watcher is not None:
+            watcher.cancel()
+            await asyncio.gather(watcher, return_exceptions=True)
+
+    return ctx
+
+
+async def _close_later(sessions: list[ClientSession], grace: float) -> None:
+    await asyncio.sleep(grace)
+    await close_sessions(sessions)
 
 
 def _outbox(parts: Parts) -> Context:

@@ -10,12 +10,14 @@ Shutdown order (STYLE.md §7), carried by aiohttp's runner and the apps' cleanup
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import os
 import re
 import signal
 import socket
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
+from pathlib import Path
 
 import aiohttp.http_parser
 import structlog
@@ -24,6 +26,7 @@ from aiohttp import web
 from proxy.app import Parts, build
 from proxy.config import RouteTable, load_config
 from proxy.config.units import split_host_port
+from proxy.control.admin import AdminContext, make_admin_app
 from proxy.dualwrite.model import IdEntry
 from proxy.server import Proxy
 from proxy.shadowing import RecordSink
@@ -58,9 +61,16 @@ class Running:
     runner: web.AppRunner
     port: int
     parts: Parts
+    admin: web.AppRunner | None = None
+    admin_port: int | None = None
+    admin_context: AdminContext | None = None
 
     async def stop(self) -> None:
+        if self.admin_context is not None:
+            self.admin_context.ready = False  # /readyz says so before anything closes
         await self.runner.cleanup()
+        if self.admin is not None:
+            await self.admin.cleanup()
 
 
 def instance_id(table: RouteTable) -> str:
@@ -73,14 +83,34 @@ def instance_id(table: RouteTable) -> str:
     return f"{host}-{split_host_port(table.spec.listen)[1]}"
 
 
+def admin_token(table: RouteTable) -> str | None:
+    name = table.spec.admin.token_env
+    token = os.environ.get(name) if name else None
+    return token or None
+
+
+def _loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"
+
+
 async def start(
     table: RouteTable,
     *,
+    config_path: Path | None = None,
     reuse_port: bool = False,
     sink: RecordSink | None = None,
     preload_ids: Iterable[IdEntry] = (),
 ) -> Running:
-    app, parts = build(table, instance=instance_id(table), sink=sink, preload_ids=preload_ids)
+    app, parts = build(
+        table,
+        instance=instance_id(table),
+        config_path=config_path,
+        sink=sink,
+        preload_ids=preload_ids,
+    )
     runner = web.AppRunner(
         app, access_log=None, handle_signals=False, shutdown_timeout=SHUTDOWN_TIMEOUT
     )
@@ -89,15 +119,45 @@ async def start(
     site = web.TCPSite(runner, host, port, reuse_port=reuse_port or None, backlog=2048)
     await site.start()
     bound = _bound_port(runner) or port
+    running = Running(table, parts.tables, parts.proxy, runner, bound, parts)
+    await _start_admin(running, table)
     log.info(
         "listening",
         address=f"{host}:{bound}",
+        admin=f"{split_host_port(table.spec.admin.listen)[0]}:{running.admin_port}"
+        if running.admin_port
+        else None,
         version=table.version,
         migration=table.migration,
         routes=len(table.routes),
         instance=parts.instance,
     )
-    return Running(table, parts.tables, parts.proxy, runner, bound, parts)
+    return running
+
+
+async def _start_admin(running: Running, table: RouteTable) -> None:
+    """The admin listener, only with a token, or on loopback with admin.insecure_no_auth."""
+    spec = table.spec.admin
+    host, port = split_host_port(spec.listen)
+    token = admin_token(table)
+    if token is None and not (spec.insecure_no_auth and _loopback(host)):
+        log.error(
+            "admin_disabled",
+            reason=f"no admin token: set ${spec.token_env} (or admin.insecure_no_auth on a "
+            "loopback listener); the data path runs, the admin API and /healthz do not",
+        )
+        return
+    if token is None:
+        log.warning("admin_insecure", listen=spec.listen)
+    parts = running.parts
+    context = AdminContext(parts.control, token, state_parts=parts.state, outbox_to=parts.outbox_to)
+    admin = web.AppRunner(
+        make_admin_app(context), access_log=None, handle_signals=False, shutdown_timeout=5.0
+    )
+    await admin.setup()
+    await web.TCPSite(admin, host, port).start()
+    context.ready = True
+    running.admin, running.admin_port, running.admin_context = admin, _bound_port(admin), context
 
 
 def _bound_port(runner: web.AppRunner) -> int | None:
@@ -112,18 +172,19 @@ async def serve(
 ) -> int:
     """Run until SIGTERM or SIGINT, then shut down gracefully. Returns the exit code."""
     table = load_config(config_path)
-    running = await start(table)
+    running = await start(table, config_path=Path(config_path))
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, lambda: running.parts.control.reload("SIGHUP"))
     try:
         if on_ready is not None:
             await on_ready(running)
         await stop.wait()
         log.info("shutting_down", timeout_s=SHUTDOWN_TIMEOUT)
     finally:
-        for sig in (signal.SIGTERM, signal.SIGINT):
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             loop.remove_signal_handler(sig)
         await running.stop()
     log.info("stopped")

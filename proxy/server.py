@@ -242,6 +242,7 @@ class Proxy:
             method,
             self._random.randrange(10_000),
             affinity=resolved.affinity,
+            extra_rollback=self.store.overlay,
         )
         ex.platform = primary = decision.primary
         upstream = table.upstream(primary, route.api)

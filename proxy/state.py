@@ -9,7 +9,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
-from proxy.config import RouteTable
+from proxy.config import RollbackKey, RouteTable
 
 Listener = Callable[[RouteTable, RouteTable], None]
 
@@ -20,6 +20,8 @@ class TableStore:
         self.loaded_at = time.time()
         self.last_error: str | None = None
         self._listeners: list[Listener] = []
+        #: rollback flags from outside the file (the fleet's), read by every routing decision
+        self.overlay: frozenset[RollbackKey] = frozenset()
 
     @property
     def table(self) -> RouteTable:

@@ -20,10 +20,15 @@ def base_doc(
     old_ticketing: str = "http://127.0.0.1:9002",
     new_ticketing: str = "http://127.0.0.1:9102",
 ) -> dict[str, Any]:
+    state = tempfile.mkdtemp(prefix="cutover-test-")  # in-process tests never write the repo
     return {
         "version": 1,
         "migration": "crm-2026",
         "listen": "127.0.0.1:0",
+        "admin": {"listen": "127.0.0.1:0"},
+        "store": f"sqlite:///{state}/cutover.db",
+        "state_dir": state,
+        "diff_log": {"dir": f"{state}/diffs"},
         "platforms": {
             "old": {"crm": {"url": old}, "ticketing": {"url": old_ticketing}},
             "new": {"crm": {"url": new}, "ticketing": {"url": new_ticketing}},
@@ -83,8 +88,10 @@ def demo_doc(sims: Any) -> dict[str, Any]:
     ):
         doc["platforms"][side][api]["url"] = app.url
     doc["listen"] = "127.0.0.1:0"
-    doc.pop("admin", None)
+    doc["admin"] = {"listen": "127.0.0.1:0"}
     # a store of its own: in-process tests must never write into the repository
-    doc["store"] = f"sqlite:///{tempfile.mkdtemp(prefix='cutover-test-')}/cutover.db"
-    doc.pop("diff_log", None)
+    state = tempfile.mkdtemp(prefix="cutover-test-")
+    doc["store"] = f"sqlite:///{state}/cutover.db"
+    doc["state_dir"] = state
+    doc["diff_log"] = {"dir": f"{state}/diffs"}
     return doc

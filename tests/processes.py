@@ -70,13 +70,24 @@ class CutoverProcess:
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.config = workdir / "routes.yaml"
         self.port = free_port()
+        self.admin_port = free_port()
+        self.token = f"test-token-{self.port}"
         if doc is not None:
             doc = dict(doc)
             doc["listen"] = f"127.0.0.1:{self.port}"
+            doc["admin"] = {**doc.get("admin", {}), "listen": f"127.0.0.1:{self.admin_port}"}
             self.config.write_bytes(dump(doc))
         elif text is not None:
-            self.config.write_text(text.replace("${PORT}", str(self.port)))
-        self.env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+            self.config.write_text(
+                text.replace("${PORT}", str(self.port)).replace("${ADMIN_PORT}", str(self.admin_port))
+            )
+        self.env = {
+            **os.environ,
+            "PYTHONUNBUFFERED": "1",
+            "CUTOVER_ADMIN_TOKEN": self.token,
+            "CUTOVER_INSTANCE_ID": f"test-{self.port}",
+            **(env or {}),
+        }
         self.args = args or []
         self.log_path = workdir / "cutover.log"
         self.proc: subprocess.Popen[bytes] | None = None
@@ -84,6 +95,14 @@ class CutoverProcess:
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def admin_url(self) -> str:
+        return f"http://127.0.0.1:{self.admin_port}"
+
+    @property
+    def admin_headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.token}"}
 
     async def start(self, timeout: float = 15.0) -> CutoverProcess:
         log = self.log_path.open("ab")
@@ -104,7 +123,7 @@ class CutoverProcess:
             raise AssertionError(
                 f"cutover exited with {self.proc.returncode}:\n{self.logs()[-3000:]}"
             )
-        return port_open(self.port)
+        return port_open(self.port) and port_open(self.admin_port)
 
     def cli(self, *args: str) -> subprocess.CompletedProcess[str]:
         """`cutover --config <this routes.yaml> ARGS…`, as an operator would run it."""

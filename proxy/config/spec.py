@@ -352,6 +352,7 @@ class ConfigSpec(Spec):
     listen: HostPort = "0.0.0.0:8080"
     admin: AdminSpec = AdminSpec()
     store: Annotated[str, AfterValidator(_check_store)] = "sqlite:///./state/cutover.db"
+    state_dir: str = "./state"  # small local state (the fleet's rollback flags, plan progress)
     diff_log: DiffLogSpec = DiffLogSpec()
     outbox: OutboxSpec = OutboxSpec()
     mqtt: MqttSpec | None = None

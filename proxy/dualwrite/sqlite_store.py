@@ -121,7 +121,7 @@ class SqliteStore(Store):
         except (sqlite3.Error, OSError) as exc:  # the commit itself failed: nobody's write holds
             with contextlib.suppress(sqlite3.Error):
                 conn.execute("ROLLBACK")
-            log.error("store_commit_failed", path=str(self.path), error=str(exc))  # noqa: TRY400 - the error is data here, not a bug
+            log.error("store_commit_failed", path=str(self.path), error=str(exc))
             results = [(None, StoreError(f"store commit failed: {exc}")) for _ in batch]
         for (_, future, loop), (value, error) in zip(batch, results, strict=True):
             loop.call_soon_threadsafe(_settle, future, value, error)

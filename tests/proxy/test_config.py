@@ -246,8 +246,8 @@ def test_rollback_forms():
 
 
 def test_version_is_a_content_hash():
-    a, b = load(base_doc()), load(base_doc())
     doc = base_doc()
+    a, b = load(doc), load(copy.deepcopy(doc))
     doc["routes"][1]["weights"]["default"] = 1
     assert a.version == b.version != load(doc).version
 
