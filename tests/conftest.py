@@ -45,7 +45,11 @@ async def cutover(tmp_path: Path) -> AsyncIterator[Callable[..., Any]]:
     started: list[CutoverProcess] = []
 
     async def make(
-        doc: dict[str, Any] | None = None, *, ids: Simulators | None = None, **kwargs: Any
+        doc: dict[str, Any] | None = None,
+        *,
+        ids: Simulators | None = None,
+        wait_admin: bool = True,
+        **kwargs: Any,
     ) -> CutoverProcess:
         """`ids=sims` loads the simulators' seeded id pairs with `cutover idmap import` first."""
         process = CutoverProcess(tmp_path / f"cutover-{len(started)}", doc, **kwargs)
@@ -58,7 +62,7 @@ async def cutover(tmp_path: Path) -> AsyncIterator[Callable[..., Any]]:
             )
             result = process.cli("idmap", "import", str(pairs))
             assert result.returncode == 0, result.stderr
-        return await process.start()
+        return await process.start(wait_admin=wait_admin)
 
     yield make
     for process in started:
