@@ -15,6 +15,7 @@ from collections.abc import Callable, Sequence
 import orjson
 
 from proxy.config import ConfigError, load_config
+from proxy.control.cli import add_commands as add_control_commands
 from proxy.dualwrite.cli import add_commands as add_outbox_commands
 from proxy.dualwrite.reconcile import add_command as add_reconcile_command
 from shadow.diffcli import add_diff_command
@@ -91,6 +92,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_diff_command(sub)
     add_outbox_commands(sub)
     add_reconcile_command(sub)
+    add_control_commands(sub)
 
     demo = sub.add_parser("demo", help="simulated old and new platforms with cutover in front")
     demo.add_argument("--port", type=int, default=8080, help="cutover's port (default 8080)")

@@ -114,6 +114,35 @@ def _extent(lines: list[str], start: int, column: int) -> int:
     return end
 
 
+def _inline(node: CommentedMap) -> bool:
+    """A mapping written in flow style (a JSON file, `{ a: 1 }`): it has no lines of its own."""
+    return bool(node.fa.flow_style())
+
+
+def _dump_whole(doc: CommentedMap) -> str:
+    """For files written as flow mappings (machine-made JSON): re-emitted by ruamel, since
+    there is no per-line layout to keep."""
+    import io
+
+    yaml = YAML(typ="rt")
+    yaml.width = 1 << 20
+    out = io.StringIO()
+    yaml.dump(doc, out)
+    return out.getvalue()
+
+
+def _set_value(
+    text: str, doc: CommentedMap, node: CommentedMap, key: str, value: Any, rendered: list[str]
+) -> str:
+    """`node[key] = value`, by splicing lines when the mapping is written in block style."""
+    if _inline(node) or _inline(doc):
+        node[key] = value
+        return _dump_whole(doc)
+    if key in node:
+        return _replace_key(text, node, key, rendered)
+    return _append_key(text, node, rendered)
+
+
 def _replace_key(text: str, node: CommentedMap, key: str, rendered: list[str]) -> str:
     """Replace the lines of `node[key]` with `rendered` (first line starts with `key:`)."""
     line, column = node.lc.key(key)
@@ -170,10 +199,7 @@ def set_weight(
             nested = {"default": existing} if existing is not None else {}
             nested[cohort] = value
             weights[channel] = nested
-    rendered = [f"weights: {_flow(weights)}"]
-    if current is None:
-        return _append_key(text, node, rendered)
-    return _replace_key(text, node, "weights", rendered)
+    return _set_value(text, doc, node, "weights", weights, [f"weights: {_flow(weights)}"])
 
 
 def _scope_line(scope: dict[str, Any]) -> str:
@@ -195,6 +221,9 @@ def _write_rollback(text: str, doc: CommentedMap, scopes: list[dict[str, Any]]) 
         if not scopes
         else ["rollback:", *("  " + _scope_line(s) for s in scopes)]
     )
+    if _inline(doc):
+        doc["rollback"] = scopes or False
+        return _dump_whole(doc)
     if "rollback" in doc:
         return _replace_key(text, doc, "rollback", rendered)
     suffix = "" if text.endswith("\n") else "\n"

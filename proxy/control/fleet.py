@@ -20,7 +20,7 @@ import random
 import ssl
 import time
 from collections import Counter
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
@@ -326,7 +326,7 @@ class FleetLink:
 
     async def _serve(self, client: aiomqtt.Client) -> None:
         granted = await client.subscribe([(self.topics.config, 1), (self.topics.rollback, 1)])
-        if any(_failed(code) for code in granted):
+        if subscription_refused(granted):
             raise aiomqtt.MqttError("the broker refused the subscription (check its ACL)")
         await self._publish_status(client)
         self.connected = True
@@ -509,9 +509,9 @@ class FleetLink:
         )
 
 
-def _failed(code: int | ReasonCode) -> bool:
-    """A SUBACK code of 0x80 or more: the broker said no (MQTT 3.1.1 and 5)."""
-    return (code.value if isinstance(code, ReasonCode) else code) >= 0x80
+def subscription_refused(granted: Iterable[int | ReasonCode]) -> bool:
+    """A SUBACK code of 0x80 or more: the broker said no, e.g. its ACL (MQTT 3.1.1 and 5)."""
+    return any((c.value if isinstance(c, ReasonCode) else c) >= 0x80 for c in granted)
 
 
 def _dumps(value: Any) -> bytes:
