@@ -368,6 +368,17 @@ async def test_stop_says_goodbye(fleet: Fleet) -> None:
     assert link.snapshot()["broker"] == fleet.spec.url
 
 
+async def test_a_cancelled_link_still_leaves_offline_behind(fleet: Fleet) -> None:
+    """A supervisor drain that cancels run() without stop(): the status still ends `offline`,
+    not an `online` nobody would ever correct."""
+    control = fleet.control("a")
+    link = await fleet.start(control)
+    assert (await fleet.status(control.instance))["status"] == "online"
+    assert await fleet.supervisor.drain(0.0) == 1
+    assert not link.connected
+    assert (await fleet.status(control.instance))["status"] == "offline"
+
+
 async def test_fleetctl_errors_are_plain() -> None:
     """No key, or no broker: a FleetError that says so."""
     nowhere = MqttSpec(url=f"mqtt://127.0.0.1:{free_port()}")
@@ -386,12 +397,14 @@ from proxy.config import load_config
 from proxy.config.spec import MqttSpec
 from proxy.control.fleet import FleetLink
 from proxy.control.live import Control
+from proxy.control.signing import key_from_env
 from proxy.state import TableStore
 
-path, state, instance, url, key = sys.argv[1:6]
+path, state, instance, url = sys.argv[1:5]
 async def main():
     control = Control(TableStore(load_config(path, env={})), Path(path), instance, Path(state))
-    await FleetLink(control, MqttSpec(url=url, keepalive=60), key=key.encode()).run()
+    key = key_from_env("CUTOVER_CONTROL_KEY")
+    await FleetLink(control, MqttSpec(url=url, keepalive=60), key=key).run()
 asyncio.run(main())
 """
 
@@ -414,8 +427,8 @@ async def test_wait_converged_waits_for_online_instances_only(fleet: Fleet) -> N
         str(hung.state_dir),
         hung.instance,
         fleet.spec.url,
-        KEY.decode(),
         cwd=REPO,
+        env={**os.environ, "CUTOVER_CONTROL_KEY": KEY.decode()},
         stdout=asyncio.subprocess.DEVNULL,
         stderr=asyncio.subprocess.DEVNULL,
     )
