@@ -21,7 +21,9 @@ import structlog
 from aiohttp import ClientSession, web
 
 from proxy.config import RouteTable
+from proxy.control.fleet import FleetLink
 from proxy.control.live import Control
+from proxy.control.signing import KeyTooShort, key_from_env
 from proxy.control.watch import watch
 from proxy.dualwrite.ids import IdMap
 from proxy.dualwrite.journal import DualWrite
@@ -66,6 +68,7 @@ class Parts:
     store: Store | None = None
     idmap: IdMap | None = None
     worker: OutboxWorker | None = None
+    fleet: FleetLink | None = None
     preload_ids: list[IdEntry] = field(default_factory=list)
 
     async def outbox_to(self, side: str) -> int | None:
@@ -105,6 +108,8 @@ class Parts:
                 data["outbox"] = {"error": str(exc)}
         if self.worker is not None:
             data["outbox_worker"] = self.worker.snapshot()
+        if self.fleet is not None:
+            data["fleet"] = self.fleet.snapshot()
         return data
 
 
@@ -155,6 +160,7 @@ def build(
     app.router.add_route("*", "/{tail:.*}", proxy.handle)
     app.cleanup_ctx.append(_sessions(parts))
     app.cleanup_ctx.append(_control(parts))
+    app.cleanup_ctx.append(_fleet(parts))
     app.cleanup_ctx.append(_outbox(parts))
     app.cleanup_ctx.append(_shadow(parts))
     return app, parts
@@ -189,6 +195,44 @@ def _control(parts: Parts) -> Context:
         if watcher is not None:
             watcher.cancel()
             await asyncio.gather(watcher, return_exceptions=True)
+
+    return ctx
+
+
+def _fleet(parts: Parts) -> Context:
+    """Fleet control over MQTT, when routes.yaml has an mqtt section and the key is set.
+    Without it (or with the broker down) the instance runs on its file."""
+
+    async def ctx(app: web.Application) -> AsyncIterator[None]:
+        spec = parts.tables.table.spec.mqtt
+        if spec is None:
+            yield
+            return
+        try:
+            key = key_from_env(spec.key_env)
+        except KeyTooShort as exc:
+            key = None
+            log.error("fleet_disabled", reason=str(exc))
+        if key is None:
+            log.error(
+                "fleet_disabled",
+                reason=f"${spec.key_env} is not set: fleet control "
+                "messages could not be verified; running on routes.yaml alone",
+            )
+            yield
+            return
+
+        def extra() -> dict[str, Any]:
+            worker = parts.worker
+            return {"outbox_to_old": worker.queued_to("old") if worker is not None else 0}
+
+        link = FleetLink(parts.control, spec, key=key, extra_status=extra)
+        parts.fleet = link
+        task = parts.supervisor.spawn(link.run(), name="fleet-link")
+        yield
+        await link.stop()  # goodbye: the retained status says offline
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
 
     return ctx
 

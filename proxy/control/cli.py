@@ -283,11 +283,14 @@ def _scopes(scopes: list[dict[str, Any]]) -> str:
 
 
 def _fleet_key(target: Target) -> bytes:
-    from proxy.control.signing import key_from_env
+    from proxy.control.signing import KeyTooShort, key_from_env
 
     assert target.table is not None
     assert target.table.spec.mqtt is not None
-    key = key_from_env(target.table.spec.mqtt.key_env)
+    try:
+        key = key_from_env(target.table.spec.mqtt.key_env)
+    except KeyTooShort as exc:
+        raise SystemExit(f"cutover: {exc}") from None
     if key is None:
         raise SystemExit(
             f"cutover: set ${target.table.spec.mqtt.key_env} (the fleet's signing key)"
@@ -414,6 +417,8 @@ def _convergence(
 ) -> str:
     online = {i: s for i, s in statuses.items() if s.get("status") == "online"}
     behind = [i for i, s in online.items() if not _has(s, field, wanted)]
+    if not online:
+        return "no instance is online to confirm it (it applies when they connect)"
     if converged:
         return f"all {len(online)} online instance(s) confirmed"
     return f"NOT confirmed by {', '.join(sorted(behind)) or '?'} ({len(online)} online)"

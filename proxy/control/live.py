@@ -118,10 +118,8 @@ class Control:
             return self._refuse([f"{self.path}: cannot read: {exc.strerror or exc}"], reason)
         return self.apply(data, source=reason)
 
-    def apply(self, data: bytes, *, source: str) -> Applied:
-        version = content_version(data)
-        if version == self.table.version:
-            return Applied(True, version)
+    def _check(self, data: bytes, source: str) -> RouteTable | Applied:
+        """The table `data` would be, or the refusal (invalid, or another migration)."""
         try:
             table = parse_config(
                 data,
@@ -139,12 +137,24 @@ class Control:
                 ],
                 source,
             )
+        return table
+
+    def apply(self, data: bytes, *, source: str) -> Applied:
+        version = content_version(data)
+        if version == self.table.version:
+            return Applied(True, version)
+        checked = self._check(data, source)
+        if isinstance(checked, Applied):
+            return checked
+        return self._swap(checked, source)
+
+    def _swap(self, table: RouteTable, source: str) -> Applied:
         old = self.tables.swap(table)
         self.reloads += 1
         self.last_error = None
-        log.info("config_applied", source=source, version=version, previous=old.version)
-        self.event("config_applied", version=version, previous=old.version, source=source)
-        return Applied(True, version, changed=True)
+        log.info("config_applied", source=source, version=table.version, previous=old.version)
+        self.event("config_applied", version=table.version, previous=old.version, source=source)
+        return Applied(True, table.version, changed=True)
 
     def _refuse(self, errors: list[str], source: str) -> Applied:
         self.refused += 1
@@ -155,21 +165,19 @@ class Control:
         return Applied(False, self.table.version, errors=tuple(errors))
 
     def write_and_apply(self, data: bytes, *, source: str) -> Applied:
-        """A change made through cutover (admin API, fleet config): validated first, then written
-        to routes.yaml atomically, so a restart keeps it; the file is not touched when invalid."""
-        try:
-            parse_config(
-                data,
-                source=str(self.path or "routes.yaml"),
-                base_dir=self.table.base_dir,
-                env=self.env,
-            )
-        except ConfigError as exc:
-            return self._refuse(exc.render().splitlines(), source)
+        """A change made through cutover (admin API, fleet config): parsed and checked once,
+        then written to routes.yaml atomically (so a restart keeps it) and swapped in. Nothing
+        is written when it is refused."""
+        version = content_version(data)
+        if version == self.table.version:
+            return Applied(True, version)
+        checked = self._check(data, source)
+        if isinstance(checked, Applied):
+            return checked
         if self.path is not None:
             atomic_write(self.path, data)
             self._file_stamp = self._stamp()
-        return self.apply(data, source=source)
+        return self._swap(checked, source)
 
     # --- the fleet's rollback overlay -------------------------------------------------------
 

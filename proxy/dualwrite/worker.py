@@ -118,6 +118,10 @@ class OutboxWorker:
     def queued(self) -> int:
         return sum(len(q) for q in self._queues.values())
 
+    def queued_to(self, target: str) -> int:
+        """Writes loaded and waiting for `target` (what a rollback toward it still waits for)."""
+        return sum(1 for queue in self._queues.values() for e in queue if e.target == target)
+
     def notify(self) -> None:
         """A write was committed here: look now instead of at the next poll."""
         self._wake.set()

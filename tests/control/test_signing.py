@@ -1,4 +1,4 @@
-"""Signed fleet commands: what is accepted, what is refused and why, and that the key never leaks."""
+"""Signed fleet commands: what is accepted, what is refused and why; the key never leaks."""
 
 from __future__ import annotations
 
