@@ -407,7 +407,8 @@ def _fleet_rollback(
         )
         if not converged:
             return EXIT_UNCONFIRMED
-        return EXIT_UNCONFIRMED if (args.wait and not lift and not drained) else 0
+        waited = getattr(args, "wait", False)
+        return EXIT_UNCONFIRMED if (waited and not lift and not drained) else 0
 
     return _fleet_run(run)
 

@@ -29,6 +29,7 @@ from proxy.control.live import Control
 from proxy.control.signing import sign
 from proxy.state import TableStore
 from proxy.supervisor import Supervisor
+from tests.brokers import OwnBroker
 from tests.configs import base_doc, dump
 from tests.processes import REPO, free_port, port_open, wait_for
 
@@ -130,38 +131,6 @@ async def fleet(tmp_path: Path, spec: MqttSpec) -> AsyncIterator[Fleet]:
         yield f
     finally:
         await f.close()
-
-
-class OwnBroker:
-    """A Mosquitto of our own on a free port, to stop and start again."""
-
-    def __init__(self, tmp: Path) -> None:
-        self.port = free_port()
-        self.conf = tmp / "mosquitto.conf"
-        self.conf.write_text(
-            f"listener {self.port} 127.0.0.1\nallow_anonymous true\npersistence false\n"
-        )
-        self.proc: asyncio.subprocess.Process | None = None
-
-    @property
-    def spec(self) -> MqttSpec:
-        return MqttSpec(url=f"mqtt://127.0.0.1:{self.port}", keepalive=2)
-
-    async def start(self) -> None:
-        self.proc = await asyncio.create_subprocess_exec(
-            "/usr/sbin/mosquitto",
-            "-c",
-            str(self.conf),
-            stdout=asyncio.subprocess.DEVNULL,
-            stderr=asyncio.subprocess.DEVNULL,
-        )
-        await wait_for(lambda: port_open(self.port), timeout=5, what="own mosquitto")
-
-    async def stop(self) -> None:
-        if self.proc is not None and self.proc.returncode is None:
-            self.proc.terminate()
-            await self.proc.wait()
-        self.proc = None
 
 
 @pytest.fixture
