@@ -118,7 +118,7 @@ async def test_forged_and_replayed_rollbacks_are_refused(fleet: Fleet, http):
 
     def refusals(member: CutoverProcess) -> set[str]:
         return {
-            e.get("reason")
+            str(e.get("reason"))
             for e in member.log_events()
             if e.get("event") == "fleet_message_refused"
         }
