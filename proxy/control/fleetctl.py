@@ -34,6 +34,7 @@ from proxy.control.signing import MAX_SEQ, Refused, read_unverified, sign, verif
 #: how long connecting, and each acknowledgement, may take before the command gives up
 CONNECT_TIMEOUT = 5.0
 #: the most read_retained waits for retained messages to stop arriving
+FENCE_GRACE = 0.005  # s kept after the fence for brokers that order less strictly
 READ_TIMEOUT = 5.0
 #: seqs reported by instances are not signed: one further ahead than this is ignored, so a forged
 #: status cannot push the fleet's seq to the end of its range
@@ -87,7 +88,7 @@ async def publish_config(spec: MqttSpec, migration: str, key: bytes, text: str) 
     topics = Topics(migration)
     _check_migration(text, migration)
     async with _connect(spec) as client:
-        view = await _read(client, topics, [topics.config, topics.instances], key, settle=0.3)
+        view = await _read(client, topics, [topics.config, topics.instances], key)
         current = [view.config.seq] if view.config else []
         seq = next_seq(current, _reported(view, "config_seq"))
         payload = {
@@ -120,7 +121,7 @@ async def publish_rollback(
         for s in scopes
     ]
     async with _connect(spec) as client:
-        view = await _read(client, topics, [topics.rollback, topics.instances], key, settle=0.3)
+        view = await _read(client, topics, [topics.rollback, topics.instances], key)
         current = [view.rollback.seq] if view.rollback else []
         seq = next_seq(current, _reported(view, "rollback_seq"))
         payload = {
@@ -153,11 +154,10 @@ async def read_retained(
     migration: str,
     key: bytes | None,
     *,
-    settle: float = 0.3,
     timeout: float = READ_TIMEOUT,
 ) -> FleetView:
     """The retained config, rollback flags and instance statuses; commands are verified when a
-    key is given. Waits until nothing new arrived for `settle` s (at most `timeout`)."""
+    key is given (read up to a fence, at most `timeout`)."""
     topics = Topics(migration)
     async with _connect(spec) as client:
         return await _read(
@@ -165,7 +165,6 @@ async def read_retained(
             topics,
             [topics.config, topics.rollback, topics.instances],
             key,
-            settle=settle,
             timeout=timeout,
         )
 
@@ -177,33 +176,38 @@ async def wait_converged(
     rollback_seq: int | None = None,
     config_version: str | None = None,
     timeout: float = 5.0,
-    settle: float = 0.3,
 ) -> tuple[bool, dict[str, dict[str, Any]]]:
     """Watch `instances/+` until every online instance reports `rollback_seq >= rollback_seq`
     and/or `version == config_version`: (converged, latest status of every instance seen).
 
     Offline instances are not waited for; an instance that is online but does not apply is.
-    Convergence is judged only after the retained statuses have arrived (`settle`), so an
-    instance is not missed because its status came late; no instance online counts as converged
-    (the statuses say so)."""
+    Convergence is judged only once the retained statuses are in (a fence, as in `_read`, plus
+    FENCE_GRACE), so no instance is missed because its status came late; no instance online
+    counts as converged (the statuses say so)."""
     topics = Topics(migration)
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
-    settled_at = loop.time() + min(settle, timeout / 2)
     statuses: dict[str, dict[str, Any]] = {}
+    fence = f"{topics.root}/fence/{uuid.uuid4().hex}"
+    judged_from: float | None = None  # when the retained burst is known to be over
     async with _connect(spec) as client:
-        await _subscribe(client, [topics.instances])
+        await _subscribe(client, [topics.instances, fence])
+        await client.publish(fence, b"fence", qos=1)
         messages = aiter(client.messages)
         while True:
             now = loop.time()
-            if now >= settled_at and _converged(statuses, rollback_seq, config_version):
+            ready = judged_from is not None and now >= judged_from
+            if ready and _converged(statuses, rollback_seq, config_version):
                 return True, statuses
             if now >= deadline:
                 return False, statuses
-            wake = deadline if now >= settled_at else min(settled_at, deadline)
+            wake = deadline if ready or judged_from is None else min(judged_from, deadline)
             try:
                 message = await asyncio.wait_for(anext(messages), wake - now)
             except TimeoutError:
+                continue
+            if message.topic.value == fence:
+                judged_from = loop.time() + FENCE_GRACE
                 continue
             instance = message.topic.value.rsplit("/", 1)[-1]
             status = _status(message.payload)
@@ -211,8 +215,6 @@ async def wait_converged(
                 statuses.pop(instance, None)
             else:
                 statuses[instance] = status
-            if message.retain and loop.time() < settled_at:  # still in the retained burst
-                settled_at = min(max(settled_at, loop.time() + settle), deadline)
 
 
 def _converged(
@@ -268,23 +270,38 @@ async def _read(
     subscribe: list[str],
     key: bytes | None,
     *,
-    settle: float,
     timeout: float = READ_TIMEOUT,
 ) -> FleetView:
-    await _subscribe(client, subscribe)
+    """The retained messages of `subscribe`, read up to a fence: a marker this client publishes
+    to a topic of its own after subscribing. The broker queues what it sends one client in
+    order, so the retained messages (sent on SUBACK) come before the marker, and a rollback does
+    not wait out a quiet period. FENCE_GRACE is kept after the marker for brokers that order
+    less strictly."""
+    fence = f"{topics.root}/fence/{uuid.uuid4().hex}"
+    await _subscribe(client, [*subscribe, fence])
+    await client.publish(fence, b"fence", qos=1)
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
     latest: dict[str, bytes] = {}
     messages = aiter(client.messages)
-    while (remaining := min(settle, deadline - loop.time())) > 0:
+    fenced_at: float | None = None
+    while True:
+        now = loop.time()
+        until = deadline if fenced_at is None else min(deadline, fenced_at + FENCE_GRACE)
+        if now >= until:
+            break
         try:
-            message = await asyncio.wait_for(anext(messages), remaining)
+            message = await asyncio.wait_for(anext(messages), until - now)
         except TimeoutError:
             break
+        topic = message.topic.value
+        if topic == fence:
+            fenced_at = loop.time()
+            continue
         if message.payload:
-            latest[message.topic.value] = bytes(message.payload)
+            latest[topic] = bytes(message.payload)
         else:  # cleared while we listened
-            latest.pop(message.topic.value, None)
+            latest.pop(topic, None)
     return _view(topics, latest, key)
 
 

@@ -75,7 +75,7 @@ class Fleet:
         return link
 
     async def status(self, instance: str) -> dict[str, Any]:
-        view = await fleetctl.read_retained(self.spec, self.migration, KEY, settle=0.1)
+        view = await fleetctl.read_retained(self.spec, self.migration, KEY)
         return view.instances.get(instance, {})
 
     async def close(self) -> None:
