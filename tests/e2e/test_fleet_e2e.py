@@ -195,3 +195,29 @@ async def test_broker_down_serving_never_stops_and_control_resumes(
         for m in fleet.members:
             m.kill()
         await broker.stop()
+
+
+async def test_shift_and_publish_reach_every_instance(fleet: Fleet, http):
+    from ruamel.yaml import YAML
+
+    members = await fleet.start(3)
+    code, out, err = await fleet.cli("shift", "contacts", "0", "--reason", "back to 0 %", "--json")
+    assert code == 0, err
+    assert orjson.loads(out)["converged"] is True
+    assert {await serving(http, m) for m in members} == {"old"}
+    texts = {m.config.read_text() for m in members}
+    assert len(texts) == 1, "every instance wrote the published text to its routes.yaml"
+    doc = YAML(typ="safe").load(texts.pop())
+    assert doc["routes"][0]["weights"] == {"default": 0}
+
+    doc["routes"][0]["weights"] = {"default": 100}
+    published = members[0].workdir / "next.yaml"
+    published.write_bytes(orjson.dumps(doc))
+    code, out, err = await fleet.cli("publish", str(published), "--json")
+    assert code == 0, err
+    assert orjson.loads(out)["converged"] is True
+    assert {await serving(http, m) for m in members} == {"new"}
+    code, out, err = await fleet.cli("status", "--json")
+    view = orjson.loads(out)
+    assert view["converged"] is True
+    assert {i["version"] for i in view["instances"]} == {view["config_version"]}
