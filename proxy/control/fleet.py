@@ -14,10 +14,10 @@ status callback is logged and counted.
 from __future__ import annotations
 
 import asyncio
-import socket
 import contextlib
 import os
 import random
+import socket
 import ssl
 import time
 from collections import Counter
