@@ -124,7 +124,7 @@ class SecureBroker:
             password_env="T_MQTT_PASSWORD",
             keepalive=5,
             tls=MqttTls(ca_file=str(self.ca), **tls),
-        )  # type: ignore[arg-type]
+        )
 
 
 @pytest.fixture
