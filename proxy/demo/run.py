@@ -35,6 +35,14 @@ def prepare_workdir(workdir: Path, port: int) -> Path:
     workdir.mkdir(parents=True, exist_ok=True)
     config = workdir / "routes.yaml"
     text = demo_config_text().replace("listen: 127.0.0.1:8080", f"listen: 127.0.0.1:{port}")
+    # the demo's own copy only: its admin API on loopback answers without a token (set
+    # $CUTOVER_ADMIN_TOKEN to require one); the repository's routes.yaml stays a sound example
+    text = text.replace(
+        "  token_env: CUTOVER_ADMIN_TOKEN",
+        "  insecure_no_auth: true           # the demo only: loopback, no token needed\n"
+        "  token_env: CUTOVER_ADMIN_TOKEN",
+        1,
+    )
     config.write_text(text)
     return config
 
@@ -59,24 +67,38 @@ def seeded_ids(sims: Simulators) -> list[IdEntry]:
 
 
 def tour(base: str, config: Path) -> str:
+    c = f"cutover -c {config}"
     return f"""
 cutover demo is running.
 
   cutover      {base}          (routes: {config})
+  admin API    http://127.0.0.1:8081 (loopback, no token in the demo)
   old platform http://127.0.0.1:9001 (crm)  http://127.0.0.1:9002 (ticketing)
   new platform http://127.0.0.1:9101 (crm)  http://127.0.0.1:9102 (ticketing)
 
-Try it (another terminal):
+Try it (another terminal; `cutover` is .venv/bin/cutover):
 
-  # a pilot customer on chat is on the new platform (weights: chat pilot 100 %)
-  curl -si {base}/api/contacts/1001 -H 'X-Customer-Id: C-1001' -H 'X-Channel: chat' | grep -i x-cutover
+  # a pilot customer on chat is on the new platform (weights: chat pilot 100 %),
+  # and still gets the old API's answer: id 1001, full_name, ...
+  curl -si {base}/api/contacts/1001 -H 'X-Customer-Id: C-1001' -H 'X-Channel: chat'
   # the same customer by phone stays on the old one
   curl -si {base}/api/contacts/1001 -H 'X-Customer-Id: C-1001' -H 'X-Channel: phone' | grep -i x-cutover
+  # move half of the email customers to new, then pull the brake on email, then lift it
+  {c} shift contacts 50 --channel email --reason "email wave 1"
+  {c} rollback --channel email --reason "wait times up" --wait
+  {c} resume --reason "fixed"
+  {c} status
+  # a write lands on both platforms (dual-write), each under its own ids
+  curl -s -X PATCH {base}/api/contacts/1002 -H 'X-Customer-Id: C-1002' \\
+       -H 'Content-Type: application/json' -d '{{"full_name": "Changed Everywhere"}}'
+  curl -s 'http://127.0.0.1:9101/v2/contacts?customer=C-1002'
+  # QA: how far is the new platform from the old one, field by field?
+  {c} diff
+  {c} outbox status
   # an upstream going down becomes a 502 problem answer naming the route and platform
   curl -s -X POST http://127.0.0.1:9001/_sim/faults -d '{{"mode": "down", "down_for_ms": 5000}}'
   curl -s {base}/api/contacts/1002 -H 'X-Customer-Id: C-1002'
 
-Roll back: set `rollback: true` in {config} and restart the demo.
 Ctrl-C stops everything.
 """
 
@@ -86,7 +108,9 @@ async def _demo(args: argparse.Namespace) -> int:
     try:
         ports = _ports_of(config)
         async with run_simulators(ports=ports, customers=args.customers) as sims:
-            running = await start(load_config(config), preload_ids=seeded_ids(sims))
+            running = await start(
+                load_config(config), config_path=config, preload_ids=seeded_ids(sims)
+            )
             base = f"http://127.0.0.1:{running.port}"
             print(tour(base, config.resolve()), flush=True)
             stop = asyncio.Event()
