@@ -21,8 +21,11 @@ import structlog
 from aiohttp import ClientSession, web
 
 from proxy.config import RouteTable
+from proxy.control.changes import Changes
 from proxy.control.fleet import FleetLink
+from proxy.control.guard import Guardian
 from proxy.control.live import Control
+from proxy.control.plan import PlanKeeper
 from proxy.control.signing import KeyTooShort, key_from_env
 from proxy.control.watch import watch
 from proxy.dualwrite.ids import IdMap
@@ -37,6 +40,7 @@ from proxy.server import Proxy
 from proxy.shadowing import RecordSink, Shadowing
 from proxy.state import TableStore
 from proxy.supervisor import Supervisor
+from proxy.telemetry import Telemetry
 from proxy.translate import Translator
 from proxy.upstream import UpstreamClients, close_sessions
 from shadow.difflog import DiffLogWriter
@@ -47,6 +51,7 @@ log = structlog.get_logger("cutover.app")
 MIRROR_DRAIN_TIMEOUT = 5.0
 DIFF_LOG_CLOSE_TIMEOUT = 5.0
 OUTBOX_FLUSH_TIMEOUT = 5.0
+OUTBOX_REFRESH = 2.0
 
 PARTS: web.AppKey[Parts] = web.AppKey("parts")
 Context = Callable[[web.Application], AsyncIterator[None]]
@@ -64,11 +69,16 @@ class Parts:
     shadowing: Shadowing
     difflog: DiffLogWriter | None
     control: Control
+    telemetry: Telemetry
     supervisor: Supervisor = field(default_factory=lambda: Supervisor("cutover"))
     store: Store | None = None
     idmap: IdMap | None = None
     worker: OutboxWorker | None = None
     fleet: FleetLink | None = None
+    fleet_key: bytes | None = None
+    guardian: Guardian | None = None
+    plans: PlanKeeper | None = None
+    outbox_snapshot: dict[str, Any] | None = None  # refreshed in the background for /metrics
     preload_ids: list[IdEntry] = field(default_factory=list)
 
     async def outbox_to(self, side: str) -> int | None:
@@ -110,6 +120,10 @@ class Parts:
             data["outbox_worker"] = self.worker.snapshot()
         if self.fleet is not None:
             data["fleet"] = self.fleet.snapshot()
+        if self.guardian is not None:
+            data["guards"] = self.guardian.snapshot()
+            if self.plans is not None:
+                data["plans"] = self.plans.snapshot(self.guardian.verdicts)
         return data
 
 
@@ -137,11 +151,24 @@ def build(
         )
         sink = difflog
     translator = Translator(None)
+    telemetry = Telemetry(table)
     shadowing = Shadowing(
-        clients, MirrorDispatcher(), ShadowStats(), hasher, sink=sink, translator=translator
+        clients,
+        MirrorDispatcher(),
+        ShadowStats(),
+        hasher,
+        sink=sink,
+        translator=translator,
+        telemetry=telemetry,
     )
     proxy = Proxy(
-        tables, clients, hasher=hasher, shadowing=shadowing, difflog=difflog, translator=translator
+        tables,
+        clients,
+        hasher=hasher,
+        shadowing=shadowing,
+        difflog=difflog,
+        translator=translator,
+        telemetry=telemetry,
     )
     parts = Parts(
         instance,
@@ -152,6 +179,7 @@ def build(
         shadowing,
         difflog,
         control,
+        telemetry,
         preload_ids=list(preload_ids),
     )
 
@@ -162,6 +190,7 @@ def build(
     app.cleanup_ctx.append(_control(parts))
     app.cleanup_ctx.append(_fleet(parts))
     app.cleanup_ctx.append(_outbox(parts))
+    app.cleanup_ctx.append(_guards(parts))
     app.cleanup_ctx.append(_shadow(parts))
     return app, parts
 
@@ -182,6 +211,7 @@ def _control(parts: Parts) -> Context:
 
     async def ctx(app: web.Application) -> AsyncIterator[None]:
         def swapped(old: RouteTable, new: RouteTable) -> None:
+            parts.telemetry.retable(new)
             stale = parts.clients.sync(new)
             if stale:
                 grace = 2 * max((u.timeout for u in old.upstreams.values()), default=5.0) + 1
@@ -227,7 +257,7 @@ def _fleet(parts: Parts) -> Context:
             return {"outbox_to_old": worker.queued_to("old") if worker is not None else 0}
 
         link = FleetLink(parts.control, spec, key=key, extra_status=extra)
-        parts.fleet = link
+        parts.fleet, parts.fleet_key = link, key
         task = parts.supervisor.spawn(link.run(), name="fleet-link")
         yield
         await link.stop()  # goodbye: the retained status says offline
@@ -273,14 +303,51 @@ def _outbox(parts: Parts) -> Context:
         parts.proxy.dual = DualWrite(store, worker, await store.instance_salt(), table)
         task = parts.supervisor.spawn(worker.run(), name="outbox-worker")
         verifying = parts.supervisor.spawn(verifier.run(), name="verifier")
+        refreshing = parts.supervisor.spawn(_refresh_outbox(parts, store), name="outbox-figures")
         yield
         verifier.stop()
+        refreshing.cancel()
         await worker.stop(OUTBOX_FLUSH_TIMEOUT)
         task.cancel()
-        await asyncio.gather(task, verifying, return_exceptions=True)
+        await asyncio.gather(task, verifying, refreshing, return_exceptions=True)
         await store.close()
 
     return ctx
+
+
+def _guards(parts: Parts) -> Context:
+    """Guards and plans: evaluated every guard interval, acting through Changes."""
+
+    async def ctx(app: web.Application) -> AsyncIterator[None]:
+        spec = parts.tables.table.spec.mqtt if parts.fleet is not None else None
+        changes = Changes(parts.control, spec, parts.fleet_key)
+        guardian = Guardian(parts.control, parts.telemetry, changes)
+        plans = PlanKeeper(parts.control, changes)
+        guardian.after_tick.append(plans.on_tick)
+        parts.guardian, parts.plans = guardian, plans
+        task = parts.supervisor.spawn(guardian.run(), name="guards")
+        yield
+        guardian.stop()
+        await asyncio.gather(task, return_exceptions=True)
+
+    return ctx
+
+
+async def _refresh_outbox(parts: Parts, store: Store) -> None:
+    """Keeps the outbox figures /metrics shows (a scrape must not wait on the store)."""
+    while True:
+        try:
+            stats = await store.stats()
+            parts.outbox_snapshot = {
+                "ready": stats.ready,
+                "intents": stats.intents,
+                "dead": stats.dead,
+                "by_target": stats.by_target,
+                "oldest_age_s": stats.oldest_age_s,
+            }
+        except StoreError:
+            parts.outbox_snapshot = None
+        await asyncio.sleep(OUTBOX_REFRESH)
 
 
 def _shadow(parts: Parts) -> Context:

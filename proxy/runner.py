@@ -18,6 +18,7 @@ import socket
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import aiohttp.http_parser
 import structlog
@@ -28,6 +29,7 @@ from proxy.config import RouteTable, load_config
 from proxy.config.units import split_host_port
 from proxy.control.admin import AdminContext, make_admin_app
 from proxy.dualwrite.model import IdEntry
+from proxy.metrics import exposition
 from proxy.server import Proxy
 from proxy.shadowing import RecordSink
 from proxy.state import TableStore
@@ -150,7 +152,22 @@ async def _start_admin(running: Running, table: RouteTable) -> None:
     if token is None:
         log.warning("admin_insecure", listen=spec.listen)
     parts = running.parts
-    context = AdminContext(parts.control, token, state_parts=parts.state, outbox_to=parts.outbox_to)
+
+    async def advance(route: str, *, by: str, reason: str, force: bool) -> dict[str, Any]:
+        if parts.plans is None or parts.guardian is None:
+            return {"ok": False, "reasons": ["plans are not running"]}
+        return await parts.plans.advance(
+            route, by=by, reason=reason, force=force, verdicts=parts.guardian.verdicts
+        )
+
+    context = AdminContext(
+        parts.control,
+        token,
+        state_parts=parts.state,
+        outbox_to=parts.outbox_to,
+        metrics=lambda: exposition(parts),
+        advance=advance,
+    )
     admin = web.AppRunner(
         make_admin_app(context), access_log=None, handle_signals=False, shutdown_timeout=5.0
     )

@@ -48,6 +48,7 @@ from proxy.routing import Decision, decide
 from proxy.shadowing import Capture, ClientHeaders, Pending, Shadowing
 from proxy.state import TableStore
 from proxy.supervisor import Supervisor
+from proxy.telemetry import Telemetry
 from proxy.translate import Resolved, Translator, Unresolved
 from proxy.upstream import UpstreamClients
 from shadow.difflog import DiffLogWriter
@@ -155,6 +156,7 @@ class Proxy:
         difflog: DiffLogWriter | None = None,
         translator: Translator | None = None,
         dual: DualWrite | None = None,
+        telemetry: Telemetry | None = None,
     ) -> None:
         self.store = store
         self.clients = clients
@@ -164,6 +166,7 @@ class Proxy:
         self.difflog = difflog
         self.translator = translator or Translator(None)
         self.dual = dual
+        self.telemetry = telemetry
         self._random = random.Random()  # noqa: S311 - sampling the shadow share, not a secret
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
@@ -500,6 +503,16 @@ class Proxy:
 
     def _access_log(self, ex: Exchange) -> None:
         identity = ex.identity
+        seconds = time.monotonic() - ex.started
+        if self.telemetry is not None:
+            self.telemetry.request(
+                ex.route.name if ex.route else None,
+                identity.channel if identity else None,
+                identity.cohort if identity else None,
+                ex.platform,
+                ex.status,
+                seconds,
+            )
         log.info(
             "request",
             request_id=ex.request_id,
@@ -511,7 +524,7 @@ class Proxy:
             platform=ex.platform,
             status=ex.status,
             error=ex.error,
-            ms=round((time.monotonic() - ex.started) * 1000, 2),
+            ms=round(seconds * 1000, 2),
         )
 
 

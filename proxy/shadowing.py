@@ -31,13 +31,14 @@ from proxy.headers import MIRROR, REQUEST_ID, add_forwarding, upstream_request_h
 from proxy.mirror import MirrorDispatcher
 from proxy.observe import CustomerHasher
 from proxy.routing import Decision
+from proxy.telemetry import Telemetry
 from proxy.translate import NOTHING, Resolved, Translator
 from proxy.upstream import UpstreamClients
 from shadow.compare import Comparison, Difference, Observation, compare, compare_repeat
 from shadow.noise import NoiseLearner
 from shadow.redact import redact_difference, redact_doc
 from shadow.rules import CompareRules
-from shadow.stats import Cell, ShadowStats
+from shadow.stats import Cell, Outcome, ShadowStats
 
 log = structlog.get_logger("cutover.shadow")
 
@@ -167,8 +168,10 @@ class Shadowing:
         hasher: CustomerHasher,
         sink: RecordSink | None,
         translator: Translator | None = None,
+        telemetry: Telemetry | None = None,
     ) -> None:
         self.clients = clients
+        self.telemetry = telemetry
         self.translator = translator or Translator(None)
         self.dispatcher = dispatcher
         self.stats = stats
@@ -394,9 +397,12 @@ class _Exchange:
         comparison = await sh.compare(
             old.observation, new_obs, route.rules, route.name, translated=translated
         )
-        sh.stats.count(
-            self.cell, "match" if comparison.match else "mismatch", noisy=bool(comparison.noise)
-        )
+        result: Outcome = "match" if comparison.match else "mismatch"
+        sh.stats.count(self.cell, result, noisy=bool(comparison.noise))
+        if sh.telemetry is not None:
+            sh.telemetry.compared(
+                *self.cell, result, secondary=(self.secondary.side, candidate.latency_ms / 1000)
+            )
         if comparison.differences:
             sh.stats.paths(route.name, [d.path for d in comparison.differences])
         self._record(control, candidate, comparison)

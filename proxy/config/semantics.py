@@ -148,6 +148,16 @@ def _check_routes(
                     )
         if "weights" in route:
             yield from _check_weights(route["weights"], ("routes", i, "weights"), channels, cohorts)
+        plan = route.get("plan")
+        if isinstance(plan, dict) and isinstance(plan.get("steps"), list):
+            for j, step in enumerate(plan["steps"]):
+                if isinstance(step, dict) and "weights" in step:
+                    yield from _check_weights(
+                        step["weights"],
+                        ("routes", i, "plan", "steps", j, "weights"),
+                        channels,
+                        cohorts,
+                    )
         path = route.get("path")
         if isinstance(path, str):
             methods = route.get("methods", list(ALL_METHODS))

@@ -269,6 +269,27 @@ class GuardSpec(Spec):
     max_latency_ratio: Annotated[float, Field(gt=0)] | None = None
 
 
+class PlanStep(Spec):
+    """One step of a phased plan: the weights (and shadow share) it sets, and how long it must
+    hold before the next one."""
+
+    weights: dict[str, Any] = {}  # checked like a route's weights
+    shadow_percent: Percent | None = None
+    hold: Duration = 0.0
+
+
+class PlanSpec(Spec):
+    auto: bool = False  # advance by itself once the gates have held
+    step: Annotated[int, Field(ge=0)] = 0  # the step in force (written by cutover when it advances)
+    steps: Annotated[list[PlanStep], Field(min_length=1)]
+
+    @model_validator(mode="after")
+    def _step_exists(self) -> PlanSpec:
+        if self.step >= len(self.steps):
+            raise ValueError(f"step {self.step} does not exist (the plan has {len(self.steps)})")
+        return self
+
+
 class RouteSpec(Spec):
     name: Name
     api: Name
@@ -285,6 +306,7 @@ class RouteSpec(Spec):
     contract: ContractSpec | None = None
     compare: CompareSpec = CompareSpec()
     guard: GuardSpec | None = None
+    plan: PlanSpec | None = None
 
 
 # --- top level ---------------------------------------------------------------------------------

@@ -46,11 +46,15 @@ class AdminContext:
         *,
         state_parts: Callable[[], Awaitable[dict[str, Any]]] | None = None,
         outbox_to: Callable[[str], Awaitable[int | None]] | None = None,
+        metrics: Callable[[], bytes] | None = None,
+        advance: Callable[..., Awaitable[dict[str, Any]]] | None = None,
     ) -> None:
         self.control = control
         self.token = token.encode() if token else None
         self.state_parts = state_parts
         self.outbox_to = outbox_to
+        self.metrics = metrics
+        self.advance = advance
         self.ready = False
         self.lock = asyncio.Lock()  # one file edit at a time
 
@@ -320,6 +324,42 @@ async def reload(request: web.Request) -> web.Response:
     return _json({"ok": True, "version": applied.version, "changed": applied.changed})
 
 
+async def metrics(request: web.Request) -> web.Response:
+    context = request.app[ADMIN]
+    if context.metrics is None:
+        return _problem(404, "Not Found", "no metrics in this process")
+    return web.Response(
+        body=context.metrics(), headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"}
+    )
+
+
+async def advance(request: web.Request) -> web.Response:
+    context = request.app[ADMIN]
+    body = await _body(request)
+    reason = _text(body.get("reason"), "reason", required=True)
+    force = body.get("force") is True
+    if context.advance is None:
+        return _problem(404, "Not Found", "plans are not running in this process")
+    by = _who(request, body)
+    result = await context.advance(request.match_info["route"], by=by, reason=reason, force=force)
+    if not result.get("ok"):
+        return _problem(
+            409, "Gates closed", "; ".join(result.get("reasons", [])), gates=result.get("gates")
+        )
+    log.warning(
+        "admin_change",
+        by=by,
+        reason=reason,
+        change={
+            "action": "advance",
+            "route": request.match_info["route"],
+            "step": result["step"],
+            "forced": force,
+        },
+    )
+    return _json(result)
+
+
 async def openapi(request: web.Request) -> web.Response:
     text = resources.files("proxy.control").joinpath("openapi.yaml").read_text()
     return web.Response(text=text, content_type="application/yaml")
@@ -344,4 +384,6 @@ def make_admin_app(context: AdminContext) -> web.Application:
     app.router.add_post("/admin/resume", resume)
     app.router.add_post("/admin/reload", reload)
     app.router.add_get("/admin/openapi.yaml", openapi)
+    app.router.add_get("/metrics", metrics)
+    app.router.add_post("/admin/routes/{route}/advance", advance)
     return app

@@ -290,3 +290,33 @@ def remove_rollback(
             text = _replace_key(text, fresh["routes"][index], "rollback", ["rollback: false"])
             lifted += 1
     return text, lifted
+
+
+def set_plan_step(
+    text: str, route: str, step: int, weights: dict[str, Any], shadow_percent: float | None
+) -> str:
+    """Move a route's plan to `step`: its weights (and shadow share) become that step's, and
+    `plan.step` says which step is in force. Best with `plan:` in block style, where each of
+    these is one line; a flow-style plan is re-emitted whole."""
+    doc = _load(text)
+    _, node = _route(doc, route)
+    text = _set_value(
+        text, doc, node, "weights", _plain(weights), [f"weights: {_flow(_plain(weights))}"]
+    )
+    if shadow_percent is not None:
+        doc = _load(text)
+        _, node = _route(doc, route)
+        text = _set_value(
+            text,
+            doc,
+            node,
+            "shadow_percent",
+            shadow_percent,
+            [f"shadow_percent: {_scalar(shadow_percent)}"],
+        )
+    doc = _load(text)
+    _, node = _route(doc, route)
+    plan = node.get("plan")
+    if not isinstance(plan, CommentedMap):
+        raise EditError(f"route {route!r} has no plan")
+    return _set_value(text, doc, plan, "step", step, [f"step: {step}"])

@@ -118,7 +118,7 @@ class Control:
             return self._refuse([f"{self.path}: cannot read: {exc.strerror or exc}"], reason)
         return self.apply(data, source=reason)
 
-    def _check(self, data: bytes, source: str) -> RouteTable | Applied:
+    def check_text(self, data: bytes, source: str = "check") -> RouteTable | Applied:
         """The table `data` would be, or the refusal (invalid, or another migration)."""
         try:
             table = parse_config(
@@ -143,7 +143,7 @@ class Control:
         version = content_version(data)
         if version == self.table.version:
             return Applied(True, version)
-        checked = self._check(data, source)
+        checked = self.check_text(data, source)
         if isinstance(checked, Applied):
             return checked
         return self._swap(checked, source)
@@ -171,7 +171,7 @@ class Control:
         version = content_version(data)
         if version == self.table.version:
             return Applied(True, version)
-        checked = self._check(data, source)
+        checked = self.check_text(data, source)
         if isinstance(checked, Applied):
             return checked
         if self.path is not None:
