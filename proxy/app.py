@@ -52,6 +52,7 @@ MIRROR_DRAIN_TIMEOUT = 5.0
 DIFF_LOG_CLOSE_TIMEOUT = 5.0
 OUTBOX_FLUSH_TIMEOUT = 5.0
 OUTBOX_REFRESH = 2.0
+FLEET_SYNC_TIMEOUT = 3.0
 
 PARTS: web.AppKey[Parts] = web.AppKey("parts")
 Context = Callable[[web.Application], AsyncIterator[None]]
@@ -259,6 +260,16 @@ def _fleet(parts: Parts) -> Context:
         link = FleetLink(parts.control, spec, key=key, extra_status=extra)
         parts.fleet, parts.fleet_key = link, key
         task = parts.supervisor.spawn(link.run(), name="fleet-link")
+        # the data path opens after this: a rollback published while the instance was away
+        # applies before its first request (bounded: with the broker down, the file rules)
+        try:
+            await asyncio.wait_for(link.synced.wait(), timeout=FLEET_SYNC_TIMEOUT)
+        except TimeoutError:
+            log.warning(
+                "fleet_not_synced_at_start",
+                waited_s=FLEET_SYNC_TIMEOUT,
+                running_on="routes.yaml and the saved fleet state",
+            )
         yield
         await link.stop()  # goodbye: the retained status says offline
         task.cancel()

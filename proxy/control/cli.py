@@ -3,8 +3,9 @@
 Each works against one instance's admin API (`--admin URL`, or the `admin.listen` of
 routes.yaml) or against the whole fleet through the MQTT broker (`--fleet`, the default when
 routes.yaml has an `mqtt` section). Exit codes: 0 done; 1 could not reach the instance or the
-broker; 2 bad arguments or refused; 3 done but not confirmed everywhere (e.g. an instance that
-did not apply a rollback within --timeout, or writes made on new still on their way to old).
+broker; 2 bad arguments or refused; 3 not done or not confirmed everywhere (an instance that
+did not apply a rollback within --timeout, writes made on new still on their way to old, a plan
+whose gates are closed).
 """
 
 from __future__ import annotations
@@ -225,6 +226,30 @@ def resume(args: argparse.Namespace) -> int:
         body,
         args.json,
         f"resumed: {body.get('lifted', 0)} rollback flag(s) lifted, version {body['version']}",
+    )
+    return 0
+
+
+def advance(args: argparse.Namespace) -> int:
+    """The next step of a route's plan, when its gates hold (or with --force). An instance in a
+    fleet publishes the new step to the whole fleet."""
+    target = _target(args)
+    answer = _run_admin(
+        target,
+        "POST",
+        f"/admin/routes/{args.route}/advance",
+        {"reason": args.reason, "force": args.force, "by": _operator(args)},
+    )
+    if answer is None:
+        return EXIT_UNREACHABLE
+    status, body = answer
+    if status == 409:
+        print(f"cutover: {args.route} cannot advance: {body.get('detail')}", file=sys.stderr)
+        return EXIT_UNCONFIRMED
+    if status != 200:
+        return _refused(status, body)
+    _print(
+        body, args.json, f"{args.route}: step {body['step']} in force (version {body['version']})"
     )
     return 0
 
@@ -562,6 +587,14 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     p.add_argument("file", nargs="?")
     _common(p)
     p.set_defaults(func=publish)
+
+    p = sub.add_parser("advance", help="move a route's plan to its next step (when its gates hold)")
+    p.add_argument("route")
+    p.add_argument("--reason", required=True)
+    p.add_argument("--force", action="store_true", help="advance even if the gates are closed")
+    p.add_argument("--by")
+    _common(p)
+    p.set_defaults(func=advance)
 
     p = sub.add_parser("reload", help="make one instance read its routes.yaml again")
     _common(p)

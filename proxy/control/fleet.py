@@ -20,6 +20,7 @@ import random
 import socket
 import ssl
 import time
+import uuid
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -203,6 +204,10 @@ class FleetLink:
         self.spec = spec
         self.instance = control.instance
         self.topics = Topics(control.table.migration)
+        self._fence = f"{self.topics.root}/fence/{self.instance}-{uuid.uuid4().hex[:8]}"
+        #: set once, after the first connection applied what the broker retained: an instance
+        #: opens its data path only then (bounded), so a restart never serves a lifted state
+        self.synced = asyncio.Event()
         self.status_topic = self.topics.instance(self.instance)
         self.broker = broker_from_spec(spec, env)
         self._key = key
@@ -330,9 +335,14 @@ class FleetLink:
         return error, served
 
     async def _serve(self, client: aiomqtt.Client) -> None:
-        granted = await client.subscribe([(self.topics.config, 1), (self.topics.rollback, 1)])
+        granted = await client.subscribe(
+            [(self.topics.config, 1), (self.topics.rollback, 1), (self._fence, 1)]
+        )
         if subscription_refused(granted):
             raise aiomqtt.MqttError("the broker refused the subscription (check its ACL)")
+        # messages are handled in order: once this marker comes back, the retained config and
+        # rollback the broker sent on subscribing have been applied (see `synced`)
+        await client.publish(self._fence, b"fence", qos=1)
         await self._publish_status(client)
         self.connected = True
         self._connects += 1
@@ -372,6 +382,9 @@ class FleetLink:
 
     async def _receive(self, client: aiomqtt.Client) -> None:
         async for message in client.messages:
+            if message.topic.value == self._fence:
+                self.synced.set()
+                continue
             payload = message.payload
             if not payload:
                 continue  # an empty retained message clears the topic: nothing to apply
