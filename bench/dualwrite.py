@@ -54,7 +54,19 @@ def cutover(
     proc = Proc.start(
         name,
         pinned(
-            "0", [PYTHON, "-m", "proxy", "--config", "routes.yaml", "run", "--log-level", "warning"]
+            "0",
+            [
+                PYTHON,
+                "-m",
+                "proxy",
+                "--config",
+                "routes.yaml",
+                "run",
+                "--workers",
+                "1",
+                "--log-level",
+                "warning",
+            ],
         ),
         case / "cutover.log",
         cwd=case,

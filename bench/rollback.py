@@ -105,6 +105,8 @@ async def main() -> None:
                         "--config",
                         "routes.yaml",
                         "run",
+                        "--workers",
+                        "1",
                         "--log-level",
                         "warning",
                     ],

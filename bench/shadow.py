@@ -71,6 +71,8 @@ def main() -> None:
                         "--config",
                         "routes.yaml",
                         "run",
+                        "--workers",
+                        "1",
                         "--log-level",
                         "warning",
                     ],

@@ -24,7 +24,7 @@ from proxy.config import RouteTable
 from proxy.control.changes import Changes
 from proxy.control.fleet import FleetLink
 from proxy.control.guard import Guardian
-from proxy.control.live import Control
+from proxy.control.live import Control, atomic_write
 from proxy.control.plan import PlanKeeper
 from proxy.control.signing import KeyTooShort, key_from_env
 from proxy.control.watch import watch
@@ -34,6 +34,7 @@ from proxy.dualwrite.model import IdEntry
 from proxy.dualwrite.store import Store, StoreError, open_store
 from proxy.dualwrite.verify import Verifier
 from proxy.dualwrite.worker import OutboxWorker
+from proxy.metrics import export, sibling_path
 from proxy.mirror import MirrorDispatcher
 from proxy.observe import CustomerHasher
 from proxy.server import Proxy
@@ -80,6 +81,9 @@ class Parts:
     guardian: Guardian | None = None
     plans: PlanKeeper | None = None
     outbox_snapshot: dict[str, Any] | None = None  # refreshed in the background for /metrics
+    worker_index: int = 0  # with `cutover run --workers N`: which one this process is
+    workers: int = 1
+    base_instance: str = ""  # the instance id without the worker suffix
     preload_ids: list[IdEntry] = field(default_factory=list)
 
     async def outbox_to(self, side: str) -> int | None:
@@ -136,6 +140,8 @@ def build(
     table: RouteTable,
     *,
     instance: str,
+    worker: int = 0,
+    workers: int = 1,
     config_path: Path | None = None,
     sink: RecordSink | None = None,
     preload_ids: Iterable[IdEntry] = (),
@@ -182,6 +188,9 @@ def build(
         control,
         telemetry,
         preload_ids=list(preload_ids),
+        worker_index=worker,
+        workers=workers,
+        base_instance=instance.rsplit("-w", 1)[0] if workers > 1 else instance,
     )
 
     app = web.Application(client_max_size=table.spec.outbox.max_body)
@@ -193,6 +202,8 @@ def build(
     app.cleanup_ctx.append(_outbox(parts))
     app.cleanup_ctx.append(_guards(parts))
     app.cleanup_ctx.append(_shadow(parts))
+    if workers > 1 and worker > 0:
+        app.cleanup_ctx.append(_share_counters(parts))
     return app, parts
 
 
@@ -359,6 +370,27 @@ async def _refresh_outbox(parts: Parts, store: Store) -> None:
         except StoreError:
             parts.outbox_snapshot = None
         await asyncio.sleep(OUTBOX_REFRESH)
+
+
+def _share_counters(parts: Parts) -> Context:
+    """A worker other than 0 writes its counters every second for worker 0's /metrics."""
+
+    async def share() -> None:
+        path = sibling_path(parts, parts.worker_index)
+        while True:
+            try:
+                atomic_write(path, export(parts))
+            except OSError as exc:
+                log.warning("counters_not_shared", path=str(path), error=str(exc))
+            await asyncio.sleep(1.0)
+
+    async def ctx(app: web.Application) -> AsyncIterator[None]:
+        task = parts.supervisor.spawn(share(), name="share-counters")
+        yield
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+    return ctx
 
 
 def _shadow(parts: Parts) -> Context:

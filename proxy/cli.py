@@ -27,6 +27,7 @@ Command = Callable[[argparse.Namespace], int]
 def _run(args: argparse.Namespace) -> int:
     from proxy.observe import configure_logging
     from proxy.runner import compiled_parser_in_use, install_uvloop, serve
+    from proxy.workers import Parent, default_workers, die_with_parent
 
     configure_logging(args.log_level)
     if not compiled_parser_in_use() and not os.environ.get("CUTOVER_ALLOW_PY_PARSER"):
@@ -36,6 +37,15 @@ def _run(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 2
+    if args.worker is not None:  # one of `--workers N`, started by the parent
+        die_with_parent()
+        install_uvloop()
+        return asyncio.run(serve(args.config, worker=args.worker, workers=args.of))
+    workers = args.workers if args.workers is not None else default_workers()
+    if workers > 1:
+        return Parent(
+            ["--config", args.config, "run", "--log-level", args.log_level], workers
+        ).run()
     install_uvloop()
     return asyncio.run(serve(args.config))
 
@@ -82,6 +92,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = sub.add_parser("run", help="serve traffic with routes.yaml")
     run.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    run.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        help="processes on one port (SO_REUSEPORT); default: the number of cores",
+    )
+    run.add_argument("--worker", type=int, default=None, help=argparse.SUPPRESS)
+    run.add_argument("--of", type=int, default=1, help=argparse.SUPPRESS)
     run.set_defaults(func=_run)
 
     validate = sub.add_parser("validate", help="check a routes.yaml and show the weights it sets")

@@ -22,9 +22,12 @@ lookups. Series and labels (every label set bounded by the table in force):
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import orjson
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import (
     CounterMetricFamily,
@@ -34,12 +37,14 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
-from proxy.telemetry import BUCKETS
+from proxy.telemetry import BUCKETS, Telemetry
+from shadow.stats import ShadowStats
 
 if TYPE_CHECKING:
     from proxy.app import Parts
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+SIBLING_FRESH_S = 10.0  # a worker whose counters are older than this is gone, or stuck
 
 
 def _any(value: str | None) -> str:
@@ -50,9 +55,30 @@ class CutoverCollector(Collector):
     def __init__(self, parts: Parts) -> None:
         self.parts = parts
 
+    def _merged(self) -> tuple[Telemetry, ShadowStats, dict[str, dict[str, int]]]:
+        """This process's counters plus the other workers' latest (docs: proxy/workers.py)."""
+        parts = self.parts
+        mirrors = parts.shadowing.dispatcher.snapshot()
+        siblings = read_siblings(parts)
+        if not siblings:
+            return parts.telemetry, parts.shadowing.stats, mirrors
+        telemetry = Telemetry(parts.control.table)
+        telemetry.absorb(parts.telemetry.export())
+        shadow = ShadowStats()
+        shadow.absorb(parts.shadowing.stats.export())
+        merged = {k: dict(v) for k, v in mirrors.items()}
+        for data in siblings:
+            telemetry.absorb(data.get("telemetry", {}))
+            shadow.absorb(data.get("shadow", []))
+            for upstream, counts in data.get("mirrors", {}).items():
+                mine = merged.setdefault(upstream, {})
+                for key, value in counts.items():
+                    mine[key] = mine.get(key, 0) + int(value)
+        return telemetry, shadow, merged
+
     def collect(self) -> Iterator[Metric]:
         parts = self.parts
-        telemetry = parts.telemetry
+        telemetry, shadow_stats, mirrors = self._merged()
         control = parts.control
         table = control.table
 
@@ -85,7 +111,7 @@ class CutoverCollector(Collector):
             "Shadow comparisons by outcome",
             labels=["route", "channel", "cohort", "result"],
         )
-        for (route, channel, cohort), cell in sorted(parts.shadowing.stats.cells.items()):
+        for (route, channel, cohort), cell in sorted(shadow_stats.cells.items()):
             for result in ("match", "mismatch", "error", "dropped", "aborted"):
                 shadow.add_metric([route, channel, cohort, result], getattr(cell, result))
         yield shadow
@@ -98,7 +124,7 @@ class CutoverCollector(Collector):
         in_flight = GaugeMetricFamily(
             "cutover_mirror_in_flight", "Secondary requests in flight", labels=["upstream"]
         )
-        for upstream, snap in sorted(parts.shadowing.dispatcher.snapshot().items()):
+        for upstream, snap in sorted(mirrors.items()):
             in_flight.add_metric([upstream], snap.get("in_flight", 0))
             for key, value in snap.items():
                 if key.startswith("dropped_"):
@@ -202,6 +228,36 @@ class CutoverCollector(Collector):
                 if snap.get(key) is not None:
                     lag.add_metric([q], snap[key] / 1000)
             yield lag
+
+
+def sibling_path(parts: Parts, worker: int) -> Path:
+    return parts.control.state_dir / f"telemetry-{parts.base_instance}-w{worker}.json"
+
+
+def export(parts: Parts) -> bytes:
+    """What a worker other than 0 writes for worker 0 to add up."""
+    return orjson.dumps(
+        {
+            "at": time.time(),
+            "telemetry": parts.telemetry.export(),
+            "shadow": parts.shadowing.stats.export(),
+            "mirrors": parts.shadowing.dispatcher.snapshot(),
+        }
+    )
+
+
+def read_siblings(parts: Parts) -> list[dict[str, Any]]:
+    if parts.workers <= 1:
+        return []
+    out = []
+    for worker in range(1, parts.workers):
+        try:
+            data = orjson.loads(sibling_path(parts, worker).read_bytes())
+        except (OSError, orjson.JSONDecodeError):
+            continue
+        if isinstance(data, dict) and time.time() - float(data.get("at", 0)) < SIBLING_FRESH_S:
+            out.append(data)
+    return out
 
 
 def exposition(parts: Parts) -> bytes:

@@ -105,10 +105,15 @@ async def start(
     reuse_port: bool = False,
     sink: RecordSink | None = None,
     preload_ids: Iterable[IdEntry] = (),
+    worker: int = 0,
+    workers: int = 1,
 ) -> Running:
+    instance = instance_id(table) + (f"-w{worker}" if workers > 1 else "")
     app, parts = build(
         table,
-        instance=instance_id(table),
+        instance=instance,
+        worker=worker,
+        workers=workers,
         config_path=config_path,
         sink=sink,
         preload_ids=preload_ids,
@@ -118,11 +123,13 @@ async def start(
     )
     await runner.setup()
     host, port = split_host_port(table.spec.listen)
-    site = web.TCPSite(runner, host, port, reuse_port=reuse_port or None, backlog=2048)
+    shared = reuse_port or workers > 1
+    site = web.TCPSite(runner, host, port, reuse_port=shared or None, backlog=2048)
     await site.start()
     bound = _bound_port(runner) or port
     running = Running(table, parts.tables, parts.proxy, runner, bound, parts)
-    await _start_admin(running, table)
+    if worker == 0:  # with --workers N, the admin API and /metrics live in worker 0
+        await _start_admin(running, table)
     log.info(
         "listening",
         address=f"{host}:{bound}",
@@ -185,11 +192,15 @@ def _bound_port(runner: web.AppRunner) -> int | None:
 
 
 async def serve(
-    config_path: str, *, on_ready: Callable[[Running], Awaitable[None]] | None = None
+    config_path: str,
+    *,
+    on_ready: Callable[[Running], Awaitable[None]] | None = None,
+    worker: int = 0,
+    workers: int = 1,
 ) -> int:
     """Run until SIGTERM or SIGINT, then shut down gracefully. Returns the exit code."""
     table = load_config(config_path)
-    running = await start(table, config_path=Path(config_path))
+    running = await start(table, config_path=Path(config_path), worker=worker, workers=workers)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

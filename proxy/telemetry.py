@@ -14,7 +14,9 @@ from __future__ import annotations
 import bisect
 import time
 from collections import Counter, deque
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 from proxy.config import RouteTable
 
@@ -278,3 +280,21 @@ class Telemetry:
 
     def figures(self, cell: Cell, window_s: float) -> Figures:
         return self._window(cell).figures(time.monotonic(), window_s)
+
+    def export(self) -> dict[str, object]:
+        """The cumulative counters as JSON-able data (a worker's share for worker 0's /metrics)."""
+        return {
+            "requests": [[*k, v] for k, v in self.requests.items()],
+            "latency": [[*k, h.counts, h.total, h.n] for k, h in self.latency.items()],
+        }
+
+    def absorb(self, data: Mapping[str, Any]) -> None:
+        """Add another worker's export to these counters (on a copy made for one scrape)."""
+        for route, channel, cohort, platform, code, value in data.get("requests", []):
+            self.requests[(route, channel, cohort, platform, code)] += int(value)
+        for route, platform, role, counts, total, n in data.get("latency", []):
+            hist = self.latency.setdefault((route, platform, role), Histogram())
+            for i, count in enumerate(counts[: len(hist.counts)]):
+                hist.counts[i] += int(count)
+            hist.total += float(total)
+            hist.n += int(n)

@@ -90,7 +90,8 @@ class CutoverProcess:
             "CUTOVER_INSTANCE_ID": f"test-{self.port}",
             **(env or {}),
         }
-        self.args = args or []
+        # one process unless a test asks for workers (then the parent owns them)
+        self.args = args if args is not None else ["--workers", "1"]
         self.log_path = workdir / "cutover.log"
         self.proc: subprocess.Popen[bytes] | None = None
         self._wait_admin = True

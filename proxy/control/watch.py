@@ -12,7 +12,7 @@ import asyncio
 
 from proxy.control.live import Control
 
-POLL_INTERVAL = 1.0
+POLL_INTERVAL = 0.5  # with --workers N, how soon the others see a change worker 0 wrote
 SETTLE = 0.2
 
 

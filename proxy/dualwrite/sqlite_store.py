@@ -40,6 +40,8 @@ CREATE TABLE IF NOT EXISTS outbox (
     next_at REAL NOT NULL DEFAULT 0, last_error TEXT, dead_reason TEXT, data BLOB NOT NULL);
 CREATE INDEX IF NOT EXISTS outbox_by_state ON outbox (state, seq);
 CREATE TABLE IF NOT EXISTS okeys (okey TEXT PRIMARY KEY, last REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS leases (partition INTEGER PRIMARY KEY, owner TEXT NOT NULL,
+    expires REAL NOT NULL);
 CREATE TABLE IF NOT EXISTS idmap (
     resource TEXT NOT NULL, origin TEXT NOT NULL, born TEXT NOT NULL,
     old_key TEXT, new_key TEXT, old_json TEXT, new_json TEXT, deleted INTEGER NOT NULL DEFAULT 0,
@@ -211,10 +213,30 @@ class SqliteStore(Store):
         return await self._call(job)
 
     async def claim(self, owner: str, ttl: float) -> list[int]:
-        return [0]  # one process owns the file: the whole outbox is its partition
+        """One partition, leased: with `cutover run --workers N` several processes share the
+        file, and exactly one of them sends (the others take over when its lease runs out)."""
+
+        def job(conn: sqlite3.Connection) -> list[int]:
+            now = time.time()
+            row = conn.execute("SELECT owner, expires FROM leases WHERE partition = 0").fetchone()
+            if row is None or row[0] == owner or row[1] < now:
+                conn.execute(
+                    "INSERT INTO leases (partition, owner, expires) VALUES (0, ?, ?) "
+                    "ON CONFLICT (partition) DO UPDATE SET owner = excluded.owner, "
+                    "expires = excluded.expires",
+                    (owner, now + ttl),
+                )
+                return [0]
+            return []
+
+        return await self._call(job)
 
     async def release(self, owner: str) -> None:
-        return None
+        await self._call(
+            lambda conn: conn.execute(
+                "DELETE FROM leases WHERE partition = 0 AND owner = ?", (owner,)
+            )
+        )
 
     async def ready(self, partition: int, after: str | None, limit: int) -> list[OutboxEntry]:
         start = int(after) if after else 0

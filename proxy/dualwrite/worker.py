@@ -413,6 +413,9 @@ class OutboxWorker:
     # --- recovery of intents ---------------------------------------------------------------
 
     async def _recover(self) -> None:
+        """Only the process holding a lease recovers (one worker of several sharing a store)."""
+        if not self._held:
+            return
         spec = self.spec
         for intent in await self.store.intents(time.time() - spec.intent_timeout):
             if self._stopping:

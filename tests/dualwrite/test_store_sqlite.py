@@ -11,6 +11,7 @@ import pytest
 from proxy.dualwrite.sqlite_store import SqliteStore
 from proxy.dualwrite.store import StoreError, open_store
 from tests.dualwrite.store_contract import StoreContract, entry, ready_all
+from tests.processes import wait_for
 
 
 class TestSqliteStore(StoreContract):
@@ -66,3 +67,28 @@ def test_store_urls(tmp_path: Path):
     absolute = open_store("sqlite:////var/lib/cutover/x.db", tmp_path)
     assert isinstance(absolute, SqliteStore)
     assert absolute.path == Path("/var/lib/cutover/x.db")
+
+
+async def test_two_processes_sharing_the_file_never_both_send(tmp_path: Path):
+    """Two store objects on one file stand for two worker processes: one lease holder at a time,
+    and the other takes over once the holder releases (or its lease runs out)."""
+    first, second = SqliteStore(tmp_path / "c.db"), SqliteStore(tmp_path / "c.db")
+    await first.open()
+    await second.open()
+    try:
+        assert await first.claim("w0", 30) == [0]
+        assert await second.claim("w1", 30) == []
+        assert await first.claim("w0", 30) == [0]  # renewing keeps it
+        await first.release("w0")
+        assert await second.claim("w1", 30) == [0]
+        assert await first.claim("w0", 0.05) == []
+        await second.release("w1")
+        assert await first.claim("w0", 0.01) == [0]
+
+        async def taken_over() -> bool:
+            return await second.claim("w1", 30) == [0]
+
+        await wait_for(taken_over, timeout=2, what="the short lease to run out")
+    finally:
+        await first.close()
+        await second.close()

@@ -1,0 +1,280 @@
+"""The suite's outputs: the markdown report (table, targets, notes), the plot, the raw JSON."""
+
+from __future__ import annotations
+
+import shutil
+from dataclasses import asdict, dataclass
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+import orjson
+
+from bench.load import LATE_MS, MAX_LATE_FRACTION, MIN_ACHIEVED, Run
+from bench.plot import Point, plot_latency
+
+if TYPE_CHECKING:
+    from bench.suite import CaseResult, Options
+
+TARGET_RATE = 1000  # the fixed rate the latency targets are checked at
+
+
+@dataclass(frozen=True)
+class Check:
+    target: str
+    measured: str
+    result: str  # PASS, MISS, NOT RUN
+
+
+def _ms(value: float | None) -> str:
+    if value is None:
+        return "-"
+    return f"{value:.2f}" if value < 10 else f"{value:.1f}" if value < 100 else f"{value:.0f}"
+
+
+def _cell(run: Run | None, capacity: float) -> str:
+    if run is None:
+        return f"over capacity ({capacity:,.0f}/s)"
+    text = f"{_ms(run.p50_ms)} / {_ms(run.p99_ms)} / {_ms(run.p999_ms)}"
+    return text if run.sustained else text + " *"
+
+
+def _rate_run(results: dict[str, CaseResult], case: str, rate: int) -> Run | None:
+    result = results.get(case)
+    return result.rates.get(rate) if result else None
+
+
+def checks(
+    results: dict[str, CaseResult], soak: dict[str, Any] | None, rates: list[int]
+) -> list[Check]:
+    out: list[Check] = []
+
+    def ratio_check(label: str, case: str, reference: str, limit: float) -> None:
+        mine, ref = results.get(case), results.get(reference)
+        if not mine or not ref:
+            out.append(Check(label, f"needs cases {case} and {reference}", "NOT RUN"))
+            return
+        a, b = mine.saturation.requests_per_s, ref.saturation.requests_per_s
+        ratio = a / b if b else 0.0
+        shadow = {k: v for k, v in mine.saturation.counters.items() if k.startswith("shadow:")}
+        dropped = shadow.get("shadow:dropped", 0) / max(1, sum(shadow.values()))
+        caveat = (
+            f"; {dropped:.0%} of the shadow copies were dropped by cutover's mirror budget"
+            if dropped >= 0.005
+            else ""
+        )
+        out.append(
+            Check(
+                label,
+                f"{a:,.0f} / {b:,.0f} = {ratio:.3f} (needs {limit:.2f}: "
+                f"{limit * b:,.0f} req/s){caveat}",
+                "PASS" if ratio >= limit else "MISS",
+            )
+        )
+
+    ratio_check("cutover pass-through >= 0.20 x nginx (req/s)", "cutover-pass", "nginx", 0.20)
+    ratio_check(
+        "cutover shadow with comparison >= 0.50 x nginx-mirror (req/s)",
+        "cutover-shadow",
+        "nginx-mirror",
+        0.50,
+    )
+
+    at = f"at {TARGET_RATE}/s"
+    direct = _rate_run(results, "direct", TARGET_RATE)
+    passing = _rate_run(results, "cutover-pass", TARGET_RATE)
+    for label, attr, limit in (("p50", "p50_ms", 0.5), ("p99", "p99_ms", 2.0)):
+        name = f"added {label} latency over direct {at} <= {limit:g} ms"
+        if TARGET_RATE not in rates or direct is None or passing is None:
+            out.append(Check(name, f"needs cases direct and cutover-pass {at}", "NOT RUN"))
+            continue
+        mine, ref = getattr(passing, attr), getattr(direct, attr)
+        added = mine - ref
+        ok = added <= limit and passing.sustained
+        note = "" if passing.sustained else " (rate not sustained)"
+        out.append(
+            Check(
+                name,
+                f"{_ms(mine)} - {_ms(ref)} = {added:+.3f} ms{note}",
+                "PASS" if ok else "MISS",
+            )
+        )
+
+    for case, what in (("cutover-shadow-slow", "500 ms slow"), ("cutover-shadow-down", "down")):
+        name = f"primary p99 {at}, secondary {what}, within 10 % of shadow off"
+        mine = _rate_run(results, case, TARGET_RATE)
+        if TARGET_RATE not in rates or mine is None or passing is None:
+            out.append(Check(name, f"needs cases {case} and cutover-pass {at}", "NOT RUN"))
+            continue
+        a, b = mine.p99_ms or 0.0, passing.p99_ms or 0.0
+        change = a / b - 1 if b else 0.0
+        ok = change <= 0.10 and mine.sustained
+        note = "" if mine.sustained else " (rate not sustained)"
+        out.append(
+            Check(name, f"{_ms(a)} vs {_ms(b)} ms ({change:+.0%}){note}", "PASS" if ok else "MISS")
+        )
+
+    name = "memory flat (within 10 %) over a 10-minute run, secondary down"
+    if soak is None:
+        out.append(Check(name, "not run (add --soak-minutes 10)", "NOT RUN"))
+    else:
+        growth = soak["rss_growth"]
+        short = f"; only {soak['minutes']:g} min, not 10" if soak["minutes"] < 10 else ""
+        result = "MISS" if abs(growth) > 0.10 else "PASS" if not short else "SHORT RUN"
+        out.append(
+            Check(
+                name,
+                f"RSS {soak['rss_base_kib'] / 1024:.1f} MiB after {soak['warm_s']:.0f} s -> "
+                f"{soak['rss_end_kib'] / 1024:.1f} MiB at {soak['minutes']:g} min ({growth:+.1%}), "
+                f"peak {soak['peak_rss_kib'] / 1024:.1f} MiB, at {soak['rate']}/s{short}",
+                result,
+            )
+        )
+    return out
+
+
+def render(
+    *,
+    opts: Options,
+    results: list[CaseResult],
+    soak: dict[str, Any] | None,
+    info: dict[str, Any],
+    started_at: datetime,
+    plot_name: str | None,
+) -> tuple[str, list[Check]]:
+    from bench.suite import CASES
+
+    by_name = {r.name: r for r in results}
+    nginx = by_name.get("nginx")
+    mirror = by_name.get("nginx-mirror")
+    lines = [
+        f"# cutover benchmark, {started_at:%Y-%m-%d %H:%M} UTC",
+        "",
+        f"{info['cpus']} cores ({info['cpu_model']}), Linux {info['kernel']}; {info['nginx']}; "
+        f"{info['wrk'].split('[')[0].strip()}; Python {info['python']}, aiohttp "
+        f"{info['aiohttp']}; cutover {info['git']}. Load average at start: "
+        f"{' '.join(info['loadavg_at_start'])}.",
+        "",
+        "Server under test alone on core 0 (one nginx worker, or one cutover process); the fast "
+        "upstream (one nginx worker serving old and new, ~1 KiB JSON), the slow upstream and wrk "
+        f"on core 1. Saturation: `wrk -t1 -c{opts.connections}`, {opts.seconds} s. Latency: "
+        f"fixed rates through a Lua pacer, {opts.connections} connections, {opts.seconds} s "
+        "each; wrk's own per-request latency (write to last byte). "
+        f"Command: `python -m bench{' --quick' if opts.quick else ''}"
+        f" --seconds {opts.seconds} --rates {','.join(map(str, opts.rates))}"
+        f" --cases {','.join(opts.cases)}"
+        + (f" --soak-minutes {opts.soak_minutes:g}" if opts.soak_minutes else "")
+        + "`.",
+        "",
+    ]
+    head = ["case", "req/s", "errors", "x nginx", "x nginx-mirror"]
+    head += [f"@{r}/s p50 / p99 / p99.9 ms" for r in opts.rates]
+    head += ["CPU s / 1000 req", "peak RSS MiB"]
+    lines.append("| " + " | ".join(head) + " |")
+    lines.append("|---|" + "---:|" * (len(head) - 1))
+    for res in results:
+        rps = res.saturation.requests_per_s
+        x_nginx = (
+            f"{rps / nginx.saturation.requests_per_s:.3f}" if nginx and res is not nginx else ""
+        )
+        x_mirror = (
+            f"{rps / mirror.saturation.requests_per_s:.3f}"
+            if mirror and res.name.startswith("cutover")
+            else ""
+        )
+        row = [res.name, f"{rps:,.0f}", str(res.saturation.errors), x_nginx, x_mirror]
+        row += [_cell(res.rates.get(r), rps) for r in opts.rates]
+        row += [
+            f"{res.cpu_per_1k:.3f}" if res.cpu_per_1k is not None else "-",
+            f"{res.peak_rss_kib / 1024:.1f}",
+        ]
+        lines.append("| " + " | ".join(row) + " |")
+    lines += [
+        "",
+        f"\\* not sustained: under {MIN_ACHIEVED:.0%} of the rate achieved, more than "
+        f"{MAX_LATE_FRACTION:.0%} of the requests sent over {LATE_MS:g} ms behind schedule, or "
+        "errors: the generator had to wait for the server, so these latencies are understated "
+        '(coordinated omission). "over capacity": more than 1.1 x the saturation throughput, '
+        "not attempted. CPU and RSS are the server under test's (nginx: its worker; direct: the "
+        "upstream's worker, which shares core 1 with wrk); CPU over the saturation run.",
+        "",
+        "## Targets",
+        "",
+        "| target | measured | result |",
+        "|---|---|---|",
+    ]
+    found = checks(by_name, soak, opts.rates)
+    lines += [f"| {c.target} | {c.measured} | **{c.result}** |" for c in found]
+    lines += ["", "## Cases", ""]
+    lines += [f"- `{r.name}`: {CASES.get(r.name, '')}" for r in results]
+    notes = [f"- `{r.name}`: {note}" for r in results for note in r.notes]
+    if soak is not None:
+        run = soak["run"]
+        notes.append(
+            f"- soak: {run['requests']:,} requests at {soak['rate']}/s, p50 "
+            f"{_ms(run['p50_ms'])} / p99 {_ms(run['p99_ms'])} / p99.9 {_ms(run['p999_ms'])} ms, "
+            f"{run['errors']} errors"
+            + (
+                "; shadow: " + ", ".join(f"{k} {v:,}" for k, v in soak["shadow"].items())
+                if soak.get("shadow")
+                else ""
+            )
+        )
+    if notes:
+        lines += ["", "## Notes", "", *notes]
+    if plot_name:
+        lines += ["", f"![latency vs rate]({plot_name})"]
+    return "\n".join(lines) + "\n", found
+
+
+def write_outputs(
+    *,
+    opts: Options,
+    results: list[CaseResult],
+    soak: dict[str, Any] | None,
+    info: dict[str, Any],
+    started_at: datetime,
+    plot: bool,
+) -> str:
+    out = opts.out
+    (out / "raw").mkdir(parents=True, exist_ok=True)
+    stamp = f"{started_at:%Y%m%dT%H%M%SZ}"
+    plot_name: str | None = None
+    if plot:
+        series = {
+            r.name: [
+                Point(rate, run.p50_ms, run.p99_ms, run.p999_ms, run.sustained)
+                for rate, run in r.rates.items()
+                if run is not None
+            ]
+            for r in results
+        }
+        try:
+            plot_latency(series, out / f"latency-{stamp}.png", f"cutover benchmark {stamp}")
+            shutil.copyfile(out / f"latency-{stamp}.png", out / "latency.png")
+            plot_name = f"latency-{stamp}.png"
+        except Exception as exc:  # a plot must not lose the measurements
+            print(f"bench: the plot failed ({exc}); the report is written without it")
+    text, found = render(
+        opts=opts,
+        results=results,
+        soak=soak,
+        info=info,
+        started_at=started_at,
+        plot_name=plot_name,
+    )
+    (out / f"report-{stamp}.md").write_text(text)
+    latest = text.replace(f"]({plot_name})", "](latency.png)") if plot_name else text
+    (out / "latest.md").write_text(latest)
+    raw = {
+        "started_at": started_at.isoformat(),
+        "options": {**asdict(opts), "out": str(opts.out)},
+        "environment": info,
+        "cases": [r.as_dict() for r in results],
+        "soak": soak,
+        "targets": [asdict(c) for c in found],
+    }
+    (out / "raw" / f"run-{stamp}.json").write_bytes(
+        orjson.dumps(raw, option=orjson.OPT_INDENT_2 | orjson.OPT_NON_STR_KEYS)
+    )
+    print(f"bench: wrote {out / f'report-{stamp}.md'} (and latest.md, raw/run-{stamp}.json)")
+    return text

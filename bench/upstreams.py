@@ -1,0 +1,265 @@
+"""The fast upstreams (nginx returning a fixed ~1 KiB JSON), the reference nginx proxies, and a
+slow upstream for the "secondary 500 ms slow" case.
+
+    .venv/bin/python -m bench.upstreams slow --port 9999 --delay 0.5
+
+"old" and "new" answer every method on every path with the same contact record, except that new
+lists the keys in another order and has another `updated_at`: the bytes differ, so cutover's
+shadow comparison parses and compares both (not the byte-identical fast path), and with
+`compare: {ignore: ["$.updated_at"]}` they match.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from bench.procs import BenchError, Proc, Processes, children
+
+PATH = "/api/contacts/1010"
+UPDATED_OLD = "2026-11-20T10:00:00Z"
+UPDATED_NEW = "2026-11-21T08:30:00Z"
+
+
+def _record(updated_at: str) -> dict[str, Any]:
+    return {
+        "id": 1010,
+        "customer": "C-1010",
+        "full_name": "Ada Lovelace",
+        "email": "ada.lovelace@example.com",
+        "phone": "+44 20 7946 0958",
+        "status": "open",
+        "channel": "phone",
+        "tier": "gold",
+        "language": "en-GB",
+        "owner": "team-retention",
+        "segment": "business",
+        "source": "web-form",
+        "company": "Analytical Engines Ltd",
+        "address": {
+            "line1": "12 Analytical Row",
+            "line2": "Flat 3",
+            "city": "London",
+            "postcode": "N1 9GU",
+            "country": "GB",
+        },
+        "tags": ["vip", "billing", "renewal-2026", "newsletter"],
+        "consents": {"email": True, "sms": False, "phone": True},
+        "comments": [
+            {
+                "id": 1,
+                "author": "agent-17",
+                "body": "Asked about the annual plan; sent the price list by email.",
+                "created_at": "2026-10-02T09:12:44Z",
+            },
+            {
+                "id": 2,
+                "author": "agent-04",
+                "body": "Renewal confirmed by phone, invoice address unchanged.",
+                "created_at": "2026-10-15T14:03:10Z",
+            },
+            {
+                "id": 3,
+                "author": "agent-17",
+                "body": "Requested a copy of the last three invoices as PDF.",
+                "created_at": "2026-11-03T16:45:29Z",
+            },
+        ],
+        "balance": {"currency": "GBP", "amount": 1249.5, "overdue": False},
+        "created_at": "2019-03-04T09:15:00Z",
+        "updated_at": updated_at,
+        "etag": "W/5",
+    }
+
+
+def _reordered(value: Any) -> Any:
+    """The same JSON value with every object's keys in reverse order."""
+    if isinstance(value, dict):
+        return {k: _reordered(v) for k, v in reversed(list(value.items()))}
+    if isinstance(value, list):
+        return [_reordered(v) for v in value]
+    return value
+
+
+BODY_OLD = orjson.dumps(_record(UPDATED_OLD))
+BODY_NEW = orjson.dumps(_reordered(_record(UPDATED_NEW)))
+if any(c in BODY_OLD + BODY_NEW for c in (b"'", b"$", b"\\")):
+    raise ValueError("the bodies go into nginx strings: no quote, $ or backslash")
+
+
+def find_nginx() -> str | None:
+    return shutil.which("nginx") or next(
+        (p for p in ("/usr/sbin/nginx", "/usr/local/sbin/nginx") if os.access(p, os.X_OK)), None
+    )
+
+
+def ensure_nginx() -> str:
+    """nginx from Debian's packages, installed when missing (as root), never started as a
+    service: RUNLEVEL=1 keeps the package's postinst from starting it (policy-rc.d may too)."""
+    found = find_nginx()
+    if found:
+        return found
+    if os.geteuid() != 0 or not shutil.which("apt-get"):
+        raise BenchError("nginx is missing; install the Debian package 'nginx' (or run as root)")
+    print("bench: installing the Debian package nginx (the system service is not started)")
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive", "RUNLEVEL": "1"}
+    argv = ["apt-get", "install", "-y", "-q", "--no-install-recommends", "nginx"]
+    if subprocess.run(argv, env=env, capture_output=True, check=False).returncode != 0:
+        subprocess.run(["apt-get", "update", "-q"], env=env, capture_output=True, check=False)
+        done = subprocess.run(argv, env=env, capture_output=True, text=True, check=False)
+        if done.returncode != 0:
+            raise BenchError(f"apt-get install nginx failed:\n{done.stderr[-2000:]}")
+    found = find_nginx()
+    if not found:
+        raise BenchError("apt-get installed nginx but no nginx binary was found")
+    return found
+
+
+def _common(work: Path, name: str, cpu_mask: str) -> str:
+    """Top of an nginx.conf: one worker on one core, foreground, everything inside `work`."""
+    temp = work / "temp"
+    temp.mkdir(exist_ok=True)
+    temp.chmod(0o777)  # the worker may run as another user than the master
+    return f"""# generated by bench/upstreams.py
+worker_processes 1;
+worker_cpu_affinity {cpu_mask};
+daemon off;
+master_process on;
+pid {work}/{name}.pid;
+error_log {work}/{name}-error.log warn;
+events {{ worker_connections 8192; }}
+http {{
+  access_log off;
+  server_tokens off;
+  keepalive_timeout 75s;
+  keepalive_requests 10000000;
+  client_body_temp_path {temp}/body;
+  proxy_temp_path {temp}/proxy;
+  fastcgi_temp_path {temp}/fastcgi;
+  uwsgi_temp_path {temp}/uwsgi;
+  scgi_temp_path {temp}/scgi;
+"""
+
+
+def upstream_conf(work: Path, old_port: int, new_port: int, cpu_mask: str) -> str:
+    """The fast platforms: old and new, every method answered at once with a fixed JSON body."""
+    servers = ""
+    for port, body in ((old_port, BODY_OLD), (new_port, BODY_NEW)):
+        servers += f"""  server {{
+    listen 127.0.0.1:{port} backlog=4096;
+    default_type application/json;
+    location / {{ return 200 '{body.decode()}'; }}
+  }}
+"""
+    return _common(work, "upstream", cpu_mask) + servers + "}\n"
+
+
+def proxy_conf(
+    work: Path, listen: int, primary: int, mirror: int | None, cpu_mask: str, name: str
+) -> str:
+    """The reference proxy: proxy_pass to an upstream block with keepalive, and optionally a
+    copy of every request to a second upstream with the mirror module (no comparison)."""
+    keep = """      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+"""
+    text = _common(work, name, cpu_mask)
+    text += f"  upstream primary {{ server 127.0.0.1:{primary}; keepalive 64; }}\n"
+    if mirror is not None:
+        text += f"  upstream secondary {{ server 127.0.0.1:{mirror}; keepalive 64; }}\n"
+    text += f"""  server {{
+    listen 127.0.0.1:{listen} backlog=4096;
+    location / {{
+"""
+    if mirror is not None:
+        text += """      mirror /mirror;
+      mirror_request_body on;
+"""
+    text += "      proxy_pass http://primary;\n" + keep + "    }\n"
+    if mirror is not None:
+        text += (
+            """    location = /mirror {
+      internal;
+      proxy_pass http://secondary$request_uri;
+"""
+            + keep
+            + "    }\n"
+        )
+    return text + "  }\n}\n"
+
+
+def start_nginx(
+    procs: Processes,
+    nginx: str,
+    work: Path,
+    name: str,
+    conf: str,
+    cpus: str,
+    ports: list[int],
+) -> Proc:
+    path = work / f"{name}.conf"
+    path.write_text(conf)
+    test = subprocess.run(
+        [nginx, "-t", "-q", "-p", str(work), "-c", str(path), "-e", str(work / f"{name}-t.log")],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if test.returncode != 0:
+        raise BenchError(f"nginx refuses {path}:\n{test.stderr}")
+    return procs.start(
+        name,
+        [nginx, "-p", str(work), "-c", str(path), "-e", str(work / f"{name}-error.log")],
+        log=work / f"{name}.log",
+        cpus=cpus,
+        ports=ports,
+    )
+
+
+def nginx_worker(master: Proc, timeout: float = 5.0) -> int:
+    """The pid of the (single) worker of an nginx master: the process that does the work."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        workers = children(master.pid)
+        if workers:
+            return workers[0]
+        time.sleep(0.05)
+    raise BenchError(f"{master.name} (pid {master.pid}) has no worker process")
+
+
+# --- the slow upstream ---------------------------------------------------------------------
+
+
+def _serve_slow(port: int, delay: float) -> None:
+    from aiohttp import web
+
+    async def answer(request: web.Request) -> web.Response:
+        await request.read()
+        await asyncio.sleep(delay)
+        return web.Response(body=BODY_NEW, content_type="application/json")
+
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", answer)
+    web.run_app(app, host="127.0.0.1", port=port, access_log=None, print=None, backlog=4096)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="python -m bench.upstreams")
+    sub = parser.add_subparsers(dest="command", required=True)
+    slow = sub.add_parser("slow", help="answer every request with new's JSON after a delay")
+    slow.add_argument("--port", type=int, required=True)
+    slow.add_argument("--delay", type=float, default=0.5, help="seconds (default 0.5)")
+    args = parser.parse_args()
+    _serve_slow(args.port, args.delay)
+
+
+if __name__ == "__main__":
+    main()
