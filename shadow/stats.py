@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 Outcome = Literal["match", "mismatch", "error", "dropped", "aborted"]
 OUTCOMES: tuple[Outcome, ...] = ("match", "mismatch", "error", "dropped", "aborted")
@@ -59,6 +59,19 @@ class ShadowStats:
                 counter[path] += 1
             else:
                 counter["(other paths)"] += 1
+
+    def export(self) -> list[list[object]]:
+        """Per cell: the outcome counts (a worker's share for worker 0's /metrics)."""
+        return [
+            [*cell, *(getattr(s, o) for o in (*OUTCOMES, "noise"))]
+            for cell, s in self.cells.items()
+        ]
+
+    def absorb(self, rows: list[list[Any]]) -> None:
+        for route, channel, cohort, *counts in rows:
+            stats = self.cell(route, channel, cohort)
+            for name, count in zip((*OUTCOMES, "noise"), counts, strict=False):
+                setattr(stats, name, getattr(stats, name) + int(count))
 
     def snapshot(self) -> dict[str, object]:
         routes: dict[str, dict[str, int]] = {}
