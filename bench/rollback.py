@@ -38,6 +38,16 @@ PACE = float(os.environ.get("BENCH_PACE", "0.005"))
 
 
 async def main() -> None:
+    """Runs the measurement; whatever it started is stopped, even when it fails."""
+    started: list[Proc] = []
+    try:
+        await _measure(started)
+    finally:
+        for proc in reversed(started):
+            proc.stop()
+
+
+async def _measure(started: list[Proc]) -> None:
     args = [a for a in sys.argv[1:] if not a.startswith("--")]
     runs = int(args[0]) if args else 30
     work = Path(tempfile.mkdtemp(prefix="cutover-bench-rb-"))
@@ -58,6 +68,7 @@ async def main() -> None:
             ],
             work / "mosquitto.log",
         )
+        started.append(broker_proc)
         wait_port(broker_port)
     broker_url = f"mqtt://127.0.0.1:{broker_port}"
     spec = MqttSpec(url=broker_url, keepalive=5)
@@ -116,6 +127,7 @@ async def main() -> None:
                 env=env,
             )
             procs.append((proc, port))
+            started.append(proc)
         for _, port in procs:
             wait_port(port)
         await asyncio.sleep(1.0)  # connected to the broker (their status is retained)
