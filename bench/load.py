@@ -63,7 +63,8 @@ class Run:
     late_fraction: float  # sends more than LATE_MS behind their slot (fixed rate only)
     max_lag_ms: float
     cpu_s: float = 0.0  # the server under test, during this run
-    other_busy: float = 0.0  # fraction of the SUT's core other tasks ran during this run
+    other_busy: float = 0.0  # fraction of core 0 other people's tasks ran during this run
+    other_busy_load: float = 0.0  # the same for core 1 (upstreams and wrk)
     steal: float = 0.0  # fraction of the SUT's core the hypervisor took during this run
     counters: dict[str, int] = field(default_factory=dict)  # cutover's metrics over this run
 
@@ -76,6 +77,11 @@ class Run:
             and self.late_fraction <= MAX_LATE_FRACTION
             and self.errors <= 0.001 * max(self.requests, 1)
         )
+
+    @property
+    def disturbed(self) -> float:
+        """The larger share of a bench core that other people's processes took."""
+        return max(self.other_busy, self.other_busy_load)
 
     @property
     def cpu_per_1k(self) -> float | None:

@@ -136,6 +136,7 @@ def render(
     *,
     opts: Options,
     results: list[CaseResult],
+    failed: dict[str, str],
     soak: dict[str, Any] | None,
     info: dict[str, Any],
     started_at: datetime,
@@ -206,7 +207,8 @@ def render(
     lines += [f"| {c.target} | {c.measured} | **{c.result}** |" for c in found]
     lines += ["", "## Cases", ""]
     lines += [f"- `{r.name}`: {CASES.get(r.name, '')}" for r in results]
-    notes = [f"- `{r.name}`: {note}" for r in results for note in r.notes]
+    notes = [f"- `{name}` FAILED: {why.splitlines()[0]}" for name, why in failed.items()]
+    notes += [f"- `{r.name}`: {note}" for r in results for note in r.notes]
     if soak is not None:
         run = soak["run"]
         notes.append(
@@ -230,6 +232,7 @@ def write_outputs(
     *,
     opts: Options,
     results: list[CaseResult],
+    failed: dict[str, str],
     soak: dict[str, Any] | None,
     info: dict[str, Any],
     started_at: datetime,
@@ -257,6 +260,7 @@ def write_outputs(
     text, found = render(
         opts=opts,
         results=results,
+        failed=failed,
         soak=soak,
         info=info,
         started_at=started_at,
@@ -270,6 +274,7 @@ def write_outputs(
         "options": {**asdict(opts), "out": str(opts.out)},
         "environment": info,
         "cases": [r.as_dict() for r in results],
+        "failed": failed,
         "soak": soak,
         "targets": [asdict(c) for c in found],
     }
