@@ -65,6 +65,7 @@ class Run:
     cpu_s: float = 0.0  # the server under test, during this run
     other_busy: float = 0.0  # fraction of core 0 other people's tasks ran during this run
     other_busy_load: float = 0.0  # the same for core 1 (upstreams and wrk)
+    sut_on_load_core: bool = False  # the direct case: core 0 is not used at all
     steal: float = 0.0  # fraction of the SUT's core the hypervisor took during this run
     counters: dict[str, int] = field(default_factory=dict)  # cutover's metrics over this run
 
@@ -80,8 +81,13 @@ class Run:
 
     @property
     def disturbed(self) -> float:
-        """The larger share of a bench core that other people's processes took."""
-        return max(self.other_busy, self.other_busy_load)
+        """The larger share of a bench core that other people's processes took (core 1 only
+        when the server under test is there too: the direct case)."""
+        return (
+            self.other_busy_load
+            if self.sut_on_load_core
+            else max(self.other_busy, self.other_busy_load)
+        )
 
     @property
     def cpu_per_1k(self) -> float | None:
@@ -251,8 +257,10 @@ def run_wrk(
     done = subprocess.run(argv, capture_output=True, text=True, check=False)
     match = re.search(r"^BENCH-JSON (\{.*\})$", done.stdout, re.M)
     if done.returncode != 0 or not match:
+        said = (done.stderr.strip() or done.stdout.strip() or "no output").splitlines()
         raise RuntimeError(
-            f"wrk failed ({done.returncode}) on {url}:\n{done.stdout[-1500:]}\n{done.stderr[-1500:]}"
+            f"wrk exited with {done.returncode} on {url}: {said[-1]}\n"
+            f"{done.stdout[-1500:]}\n{done.stderr[-1500:]}"
         )
     data = json.loads(match.group(1))
     duration = data["duration_us"] / 1e6
