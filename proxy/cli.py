@@ -43,6 +43,7 @@ def _run(args: argparse.Namespace) -> int:
         return asyncio.run(serve(args.config, worker=args.worker, workers=args.of))
     workers = args.workers if args.workers is not None else default_workers()
     if workers > 1:
+        load_config(args.config)  # a file that cannot run exits 2 here, not in N restart loops
         return Parent(
             ["--config", args.config, "run", "--log-level", args.log_level], workers
         ).run()

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import aiohttp
@@ -137,3 +139,20 @@ def _state(pid: int) -> str:
         return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
     except OSError:
         return "Z"
+
+
+def test_a_broken_routes_yaml_exits_2_before_any_worker_starts(tmp_path: Path):
+    """With --workers N the parent reads the file first: exit 2 with its errors, no restart
+    loop of workers that can never start."""
+    config = tmp_path / "routes.yaml"
+    config.write_text("version: 1\nmigration: m\nroutes: [{name: x}]\n")
+    done = subprocess.run(
+        [sys.executable, "-m", "proxy", "--config", str(config), "run", "--workers", "2"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert done.returncode == 2, done.stderr
+    assert "routes.yaml" in done.stderr
+    assert "worker_started" not in done.stdout + done.stderr
