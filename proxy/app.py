@@ -195,7 +195,6 @@ def build(
 
     app = web.Application(client_max_size=table.spec.outbox.max_body)
     app[PARTS] = parts
-    app.router.add_route("*", "/{tail:.*}", proxy.handle)
     app.cleanup_ctx.append(_sessions(parts))
     app.cleanup_ctx.append(_control(parts))
     app.cleanup_ctx.append(_fleet(parts))

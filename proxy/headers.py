@@ -14,36 +14,36 @@ from collections.abc import Iterable, Mapping
 from multidict import CIMultiDict, istr
 
 HOP_BY_HOP = frozenset(
-    istr(h)
-    for h in (
-        "Connection",
-        "Keep-Alive",
-        "Proxy-Connection",
-        "TE",
-        "Trailer",
-        "Transfer-Encoding",
-        "Upgrade",
-        "Proxy-Authenticate",
-        "Proxy-Authorization",
+    (
+        "connection",
+        "keep-alive",
+        "proxy-connection",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+        "proxy-authenticate",
+        "proxy-authorization",
     )
 )
 #: never copied from a client to an upstream: cutover sets or frames these itself
 _REQUEST_DROP = HOP_BY_HOP | frozenset(
-    istr(h)
-    for h in (
-        "Host",
-        "Content-Length",
-        "X-Forwarded-For",
-        "X-Forwarded-Proto",
-        "X-Forwarded-Host",
-        "X-Request-ID",
-        "Forwarded",
-        "Expect",
+    (
+        "host",
+        "content-length",
+        "x-forwarded-for",
+        "x-forwarded-proto",
+        "x-forwarded-host",
+        "x-request-id",
+        "forwarded",
+        "expect",
     )
 )
 #: the client's credentials: never sent to a secondary platform
-CREDENTIALS = frozenset(istr(h) for h in ("Authorization", "Cookie", "Proxy-Authorization"))
-_RESPONSE_DROP = HOP_BY_HOP | frozenset(istr(h) for h in ("Content-Length",))
+CREDENTIALS = frozenset(("authorization", "cookie", "proxy-authorization"))
+_RESPONSE_DROP = HOP_BY_HOP | frozenset(("content-length",))
+# Header names are compared as lower-case `str`s against frozensets: cheaper per header than
+# building an `istr` for each (this runs for every header of every request).
 
 REQUEST_ID = istr("X-Request-ID")
 PLATFORM = istr("X-Cutover-Platform")
@@ -81,22 +81,35 @@ def upstream_request_headers(
 ) -> CIMultiDict[str]:
     """The client's end-to-end headers, with each platform's own credentials in place of the
     client's; a secondary never receives the client's credentials at all."""
-    replaced = {istr(name) for name, _ in platform_headers}
+    replaced = _names(platform_headers)
     out: CIMultiDict[str] = CIMultiDict()
     for name, value in client:
-        key = istr(name)
+        key = name.lower()
         if (
             key in _REQUEST_DROP
             or key in replaced
             or (secondary and key in CREDENTIALS)
-            or (named and key.lower() in named)
-            or key.lower().startswith(_CUTOVER_PREFIX)
+            or (named and key in named)
+            or key.startswith(_CUTOVER_PREFIX)
         ):
             continue
-        out.add(key, value)
+        out.add(name, value)
     for name, value in platform_headers:
         out.add(name, value)
     return out
+
+
+_NAMES: dict[tuple[tuple[str, str], ...], frozenset[str]] = {}
+
+
+def _names(headers: tuple[tuple[str, str], ...]) -> frozenset[str]:
+    """The lower-case names of a platform's configured headers, computed once per config."""
+    names = _NAMES.get(headers)
+    if names is None:
+        if len(_NAMES) > 256:  # a long-lived process that reloaded many configs
+            _NAMES.clear()
+        names = _NAMES[headers] = frozenset(name.lower() for name, _ in headers)
+    return names
 
 
 def add_forwarding(
@@ -105,11 +118,16 @@ def add_forwarding(
     """X-Forwarded-* as cutover saw the request. The client's own X-Forwarded-For is replaced,
     not extended: cutover does not trust what an untrusted peer says about its path."""
     if peer:
-        headers[istr("X-Forwarded-For")] = peer
-    headers[istr("X-Forwarded-Proto")] = proto
+        headers[_XFF] = peer
+    headers[_XFP] = proto
     if host:
-        headers[istr("X-Forwarded-Host")] = host
+        headers[_XFH] = host
     headers[REQUEST_ID] = request_id
+
+
+_XFF = istr("X-Forwarded-For")
+_XFP = istr("X-Forwarded-Proto")
+_XFH = istr("X-Forwarded-Host")
 
 
 def client_response_headers(
@@ -117,12 +135,8 @@ def client_response_headers(
 ) -> CIMultiDict[str]:
     out: CIMultiDict[str] = CIMultiDict()
     for name, value in upstream:
-        key = istr(name)
-        if (
-            key in _RESPONSE_DROP
-            or (named and key.lower() in named)
-            or key.lower().startswith(_CUTOVER_PREFIX)
-        ):
+        key = name.lower()
+        if key in _RESPONSE_DROP or (named and key in named) or key.startswith(_CUTOVER_PREFIX):
             continue
-        out.add(key, value)
+        out.add(name, value)
     return out

@@ -9,6 +9,7 @@ lookups. Series and labels (every label set bounded by the table in force):
   cutover_shadow_total{route,channel,cohort,result}              match|mismatch|error|...
   cutover_mirror_dropped_total{upstream,reason}                  secondary work shed
   cutover_mirror_in_flight{upstream}
+  cutover_mirror_circuit_open{upstream}                          workers skipping a down upstream
   cutover_outbox_pending{target}, cutover_outbox_dead, cutover_outbox_intents
   cutover_outbox_sent_total, cutover_outbox_failed_total, cutover_outbox_lag_seconds{quantile}
   cutover_config_info{version,migration,instance}                 always 1
@@ -124,13 +125,20 @@ class CutoverCollector(Collector):
         in_flight = GaugeMetricFamily(
             "cutover_mirror_in_flight", "Secondary requests in flight", labels=["upstream"]
         )
+        circuit = GaugeMetricFamily(
+            "cutover_mirror_circuit_open",
+            "Worker processes skipping secondary work to this upstream: it cannot be reached",
+            labels=["upstream"],
+        )
         for upstream, snap in sorted(mirrors.items()):
             in_flight.add_metric([upstream], snap.get("in_flight", 0))
+            circuit.add_metric([upstream], snap.get("circuit_open", 0))
             for key, value in snap.items():
                 if key.startswith("dropped_"):
                     dropped.add_metric([upstream, key.removeprefix("dropped_")], value)
         yield dropped
         yield in_flight
+        yield circuit
 
         yield from self._outbox()
 

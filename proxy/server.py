@@ -10,6 +10,7 @@ request, upstream down or slow) is RFC 9457 problem JSON naming the route and th
 
 from __future__ import annotations
 
+import logging
 import random
 import time
 from dataclasses import dataclass, field
@@ -169,7 +170,7 @@ class Proxy:
         self.telemetry = telemetry
         self._random = random.Random()  # noqa: S311 - sampling the shadow share, not a secret
 
-    async def handle(self, request: web.Request) -> web.StreamResponse:
+    async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
         table = self.store.table
         raw_path, _, query = request.raw_path.partition("?")
         ex = Exchange(request_id_of(request.headers), request.method, raw_path, time.monotonic())
@@ -222,7 +223,7 @@ class Proxy:
         return response
 
     async def _route(
-        self, request: web.Request, table: RouteTable, ex: Exchange, query: str
+        self, request: web.BaseRequest, table: RouteTable, ex: Exchange, query: str
     ) -> web.StreamResponse:
         method = request.method
         if method not in _METHODS:
@@ -323,7 +324,7 @@ class Proxy:
 
     async def _start_shadow(
         self,
-        request: web.Request,
+        request: web.BaseRequest,
         table: RouteTable,
         decision: Decision,
         resolved: Resolved,
@@ -357,7 +358,7 @@ class Proxy:
 
     async def _request_body(
         self,
-        request: web.Request,
+        request: web.BaseRequest,
         table: RouteTable,
         route: Route,
         side: Side,
@@ -400,7 +401,7 @@ class Proxy:
 
     async def _relay(
         self,
-        request: web.Request,
+        request: web.BaseRequest,
         answer: ClientResponse,
         ex: Exchange,
         route: Route,
@@ -453,7 +454,7 @@ class Proxy:
 
     async def _stream(
         self,
-        request: web.Request,
+        request: web.BaseRequest,
         answer: ClientResponse,
         ex: Exchange,
         headers: CIMultiDict[str],
@@ -513,6 +514,8 @@ class Proxy:
                 ex.status,
                 seconds,
             )
+        if not log.is_enabled_for(logging.INFO):
+            return
         log.info(
             "request",
             request_id=ex.request_id,

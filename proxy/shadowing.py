@@ -304,7 +304,8 @@ class Shadowing:
     async def fetch(
         self, upstream: Upstream, method: str, target: str, headers: CIMultiDict[str], cap: int
     ) -> Answer:
-        """One secondary-role request, its whole body teed into a capture, within 2 x timeout."""
+        """One secondary-role request, its whole body teed into a capture, within 2 x timeout;
+        whether the upstream answered at all feeds its lane's circuit breaker."""
         started = time.monotonic()
         capture = Capture(cap)
         try:
@@ -316,9 +317,12 @@ class Shadowing:
                         capture.feed(chunk)
                     observation = capture.observation(r.status, r.headers)
         except TimeoutError:
+            self.dispatcher.report(upstream.name, reachable=False)
             return Answer(None, (time.monotonic() - started) * 1000, "upstream-timeout")
         except UpstreamError as exc:
+            self.dispatcher.report(upstream.name, reachable=False)
             return Answer(None, (time.monotonic() - started) * 1000, exc.kind)
+        self.dispatcher.report(upstream.name, reachable=True)
         return Answer(observation, (time.monotonic() - started) * 1000)
 
     async def in_old_terms(self, route: Route, new: Observation) -> tuple[Observation, bool]:

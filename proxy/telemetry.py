@@ -87,6 +87,31 @@ class Slot:
     mismatched: int = 0
     latency: dict[str, Histogram] = field(default_factory=dict)  # platform -> histogram
 
+    def merge(self, other: Slot) -> None:
+        self.requests.update(other.requests)
+        self.errors.update(other.errors)
+        self.compared += other.compared
+        self.mismatched += other.mismatched
+        for side, hist in other.latency.items():
+            self.latency.setdefault(side, Histogram()).merge(hist)
+
+    def figures(self, window_s: float) -> Figures:
+        """This slot (or a merge of several) as the figures of a window of `window_s`."""
+        old = self.latency.get("old") or Histogram()
+        new = self.latency.get("new") or Histogram()
+        return Figures(
+            window_s=window_s,
+            requests=sum(self.requests.values()),
+            requests_new=self.requests["new"],
+            errors_new=self.errors["new"],
+            compared=self.compared,
+            mismatched=self.mismatched,
+            p95_old=old.quantile(0.95),
+            p95_new=new.quantile(0.95),
+            samples_old=old.n,
+            samples_new=new.n,
+        )
+
 
 @dataclass(frozen=True, slots=True)
 class Figures:
@@ -158,32 +183,11 @@ class CellWindow:
         return self.slots[-1]
 
     def figures(self, now: float, window_s: float) -> Figures:
-        requests: Counter[str] = Counter()
-        errors: Counter[str] = Counter()
-        compared = mismatched = 0
-        latency = {"old": Histogram(), "new": Histogram()}
+        total = Slot(now)
         for slot in self.slots:
-            if slot.start < now - window_s:
-                continue
-            requests.update(slot.requests)
-            errors.update(slot.errors)
-            compared += slot.compared
-            mismatched += slot.mismatched
-            for side, hist in slot.latency.items():
-                if side in latency:
-                    latency[side].merge(hist)
-        return Figures(
-            window_s=window_s,
-            requests=sum(requests.values()),
-            requests_new=requests["new"],
-            errors_new=errors["new"],
-            compared=compared,
-            mismatched=mismatched,
-            p95_old=latency["old"].quantile(0.95),
-            p95_new=latency["new"].quantile(0.95),
-            samples_old=latency["old"].n,
-            samples_new=latency["new"].n,
-        )
+            if slot.start >= now - window_s:
+                total.merge(slot)
+        return total.figures(window_s)
 
 
 class Telemetry:
@@ -280,6 +284,17 @@ class Telemetry:
 
     def figures(self, cell: Cell, window_s: float) -> Figures:
         return self._window(cell).figures(time.monotonic(), window_s)
+
+    def timeline(self, window_s: float) -> tuple[float, dict[Cell, list[Slot]]]:
+        """(now, each cell's slots that began within `window_s`, oldest first), on the
+        monotonic clock: the console's live charts. At most the longest guard window is kept
+        (300 s without guards)."""
+        now = time.monotonic()
+        since = now - window_s - self.slot_s
+        return now, {
+            cell: [slot for slot in window.slots if slot.start >= since]
+            for cell, window in self.windows.items()
+        }
 
     def export(self) -> dict[str, object]:
         """The cumulative counters as JSON-able data (a worker's share for worker 0's /metrics)."""

@@ -11,8 +11,8 @@ redirects, no cookie jar, no invented headers, explicit timeouts.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager, contextmanager
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any, Literal
 
 import aiohttp
@@ -36,24 +36,88 @@ _SKIP_AUTO_HEADERS = ("Accept", "Accept-Encoding", "User-Agent", "Content-Type")
 MAX_UPSTREAM_FIELD_SIZE = 16 * 1024
 
 
+def mapped_error(exc: BaseException, upstream: Upstream) -> CutoverError | None:
+    """The one mapping from aiohttp/OS errors to cutover's upstream errors (None: not ours to
+    map: a cutover error already, a cancellation, or a bug)."""
+    if isinstance(exc, CutoverError):
+        return None
+    if isinstance(exc, (TimeoutError, aiohttp.ServerTimeoutError)):
+        return UpstreamTimeout(upstream.name, f"no answer within {upstream.timeout:g}s")
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        reason = exc.os_error.strerror or exc.os_error
+        return UpstreamRefused(upstream.name, f"cannot connect: {reason}")
+    if isinstance(exc, (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError, ConnectionError)):
+        return UpstreamConnectError(upstream.name, "connection closed or reset")
+    if isinstance(
+        exc, (aiohttp.ClientResponseError, aiohttp.ClientPayloadError, HttpProcessingError)
+    ):
+        return UpstreamProtocolError(upstream.name, "invalid HTTP response")
+    if isinstance(exc, aiohttp.ClientError):
+        return UpstreamConnectError(upstream.name, type(exc).__name__)
+    return None
+
+
 @contextmanager
 def map_client_errors(upstream: Upstream) -> Iterator[None]:
-    """The one mapping from aiohttp/OS errors to cutover's upstream errors."""
+    """`mapped_error` for a block."""
     try:
         yield
-    except CutoverError:
-        raise
-    except (TimeoutError, aiohttp.ServerTimeoutError) as exc:
-        raise UpstreamTimeout(upstream.name, f"no answer within {upstream.timeout:g}s") from exc
-    except aiohttp.ClientConnectorError as exc:
-        reason = exc.os_error.strerror or exc.os_error
-        raise UpstreamRefused(upstream.name, f"cannot connect: {reason}") from exc
-    except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError, ConnectionError) as exc:
-        raise UpstreamConnectError(upstream.name, "connection closed or reset") from exc
-    except (aiohttp.ClientResponseError, aiohttp.ClientPayloadError, HttpProcessingError) as exc:
-        raise UpstreamProtocolError(upstream.name, "invalid HTTP response") from exc
-    except aiohttp.ClientError as exc:
-        raise UpstreamConnectError(upstream.name, type(exc).__name__) from exc
+    except Exception as exc:
+        mapped = mapped_error(exc, upstream)
+        if mapped is None:
+            raise
+        raise mapped from exc
+
+
+class Call:
+    """One request to an upstream as an async context manager: the response once its head is
+    in; errors (while sending, or while the caller reads the body) mapped to `UpstreamError`s;
+    the connection back to the pool (or closed) on exit. A class rather than a generator-based
+    context manager: this runs for every request (bench/README.md, profile notes)."""
+
+    __slots__ = ("_data", "_headers", "_method", "_response", "_session", "_upstream", "_url")
+
+    def __init__(
+        self,
+        session: ClientSession,
+        upstream: Upstream,
+        method: str,
+        url: URL,
+        headers: CIMultiDict[str],
+        data: Any,
+    ) -> None:
+        self._session = session
+        self._upstream = upstream
+        self._method = method
+        self._url = url
+        self._headers = headers
+        self._data = data
+        self._response: ClientResponse | None = None
+
+    async def __aenter__(self) -> ClientResponse:
+        try:
+            self._response = await self._session.request(
+                self._method,
+                self._url,
+                headers=self._headers,
+                data=self._data,
+                allow_redirects=False,
+                compress=None,
+            )
+        except Exception as exc:
+            mapped = mapped_error(exc, self._upstream)
+            if mapped is None:
+                raise
+            raise mapped from exc
+        return self._response
+
+    async def __aexit__(self, kind: Any, exc: BaseException | None, tb: Any) -> None:
+        if self._response is not None:
+            self._response.release()
+        if exc is not None and isinstance(exc, Exception):
+            mapped = mapped_error(exc, self._upstream)
+            if mapped is not None:
+                raise mapped from exc
 
 
 class UpstreamClients:
@@ -93,8 +157,9 @@ class UpstreamClients:
             connector=connector,
             timeout=ClientTimeout(
                 total=None,
+                connect=upstream.timeout,  # a free pooled connection, or a new one
                 sock_connect=upstream.connect_timeout,
-                sock_read=upstream.timeout,
+                sock_read=upstream.timeout,  # the head after sending, each chunk after that
             ),
             auto_decompress=False,
             cookie_jar=DummyCookieJar(),
@@ -108,8 +173,7 @@ class UpstreamClients:
     def session(self, upstream: Upstream, role: Role) -> ClientSession:
         return self._sessions[(upstream.side, upstream.api, role)][1]
 
-    @asynccontextmanager
-    async def request(
+    def request(
         self,
         upstream: Upstream,
         role: Role,
@@ -117,21 +181,13 @@ class UpstreamClients:
         target: str,
         headers: CIMultiDict[str],
         data: Any = None,
-    ) -> AsyncIterator[ClientResponse]:
-        """Send one request; yields the response once its headers are in (within the upstream's
-        timeout). The body is read by the caller inside the block; errors while reading it are
-        mapped too. The connection goes back to the pool (or is closed) when the block ends."""
-        session = self.session(upstream, role)
+    ) -> Call:
+        """One request: `async with clients.request(...) as response:`. The head must arrive
+        within the upstream's timeout and so must every chunk of the body after it (the
+        session's sock_read); waiting for a pooled connection and connecting are bounded too
+        (connect, sock_connect). The body is read by the caller inside the block."""
         url = URL(upstream.url + target, encoded=True)
-        with map_client_errors(upstream):
-            async with asyncio.timeout(upstream.timeout):
-                response = await session.request(
-                    method, url, headers=headers, data=data, allow_redirects=False, compress=None
-                )
-            try:
-                yield response
-            finally:
-                response.release()
+        return Call(self.session(upstream, role), upstream, method, url, headers, data)
 
     async def close(self) -> None:
         sessions = [session for _, session in self._sessions.values()]

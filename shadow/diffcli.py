@@ -30,7 +30,7 @@ from shadow.jsonpath import PathError
 from shadow.logread import Filters, LogReader
 from shadow.report import DEFAULT_TOP, Summary, render_text
 
-__all__ = ["add_diff_command", "render_exchange"]
+__all__ = ["add_diff_command", "exchange_rows", "render_exchange", "why_no_bodies"]
 
 PROGRESS_ABOVE: Final = 50 * 1000 * 1000  # bytes of logs before a progress line is worth it
 DEFAULT_CONFIG: Final = "routes.yaml"
@@ -742,7 +742,7 @@ def _header(record: Mapping[str, Any]) -> list[str]:
     return [f"{name:<9} {value}" for name, value in rows]
 
 
-def _why_no_bodies(record: Mapping[str, Any]) -> str:
+def why_no_bodies(record: Mapping[str, Any]) -> str:
     if record.get("result") == "error":
         error = record.get("error")
         side = error.get("side") if isinstance(error, Mapping) else None
@@ -758,6 +758,28 @@ def _why_no_bodies(record: Mapping[str, Any]) -> str:
     )
 
 
+def exchange_rows(
+    record: Mapping[str, Any],
+) -> list[tuple[str, str | None, str | None, str | None]] | None:
+    """The record's two bodies lined up by path: (mark, old line, new line, JSON path) per row,
+    or None when it has no bodies. Marks as in `render_exchange`; the path is None for text
+    bodies. Shared by `cutover diff show` and the operator console."""
+    bodies = record.get("bodies")
+    old_body = bodies.get("old", _NOTHING) if isinstance(bodies, Mapping) else _NOTHING
+    new_body = bodies.get("new", _NOTHING) if isinstance(bodies, Mapping) else _NOTHING
+    if old_body is _NOTHING and new_body is _NOTHING:
+        return None
+    if isinstance(old_body, str) and isinstance(new_body, str):
+        return [(mark, a, b, None) for mark, a, b in _text_rows(old_body, new_body)]
+    aligned: list[_Row] = []
+    _align(old_body, new_body, (), 0, None, False, False, aligned)
+    marks = _marks(record)
+    return [
+        (_mark_for(row, marks), row.left, row.right, jsonpath.format_path(row.path))
+        for row in aligned
+    ]
+
+
 def render_exchange(record: Mapping[str, Any], *, width: int = 80, color: bool = False) -> str:
     """One diff record for a person: header, old | new aligned by path, then the differences.
 
@@ -766,26 +788,17 @@ def render_exchange(record: Mapping[str, Any], *, width: int = 80, color: bool =
     """
     width = max(40, width)
     out = _header(record)
-    bodies = record.get("bodies")
-    old_body = bodies.get("old", _NOTHING) if isinstance(bodies, Mapping) else _NOTHING
-    new_body = bodies.get("new", _NOTHING) if isinstance(bodies, Mapping) else _NOTHING
     column = (width - 5) // 2
     out.append("")
-    if old_body is _NOTHING and new_body is _NOTHING:
-        out.append(_why_no_bodies(record))
+    rows = exchange_rows(record)
+    if rows is None:
+        out.append(why_no_bodies(record))
     else:
         primary = record.get("primary")
         titles = [f"{side}{' (primary)' if side == primary else ''}" for side in ("old", "new")]
         heading = f"  {_cell(titles[0], column)} | {titles[1]}"
         out.append(f"{_BOLD}{heading}{_RESET}" if color else heading)
-        if isinstance(old_body, str) and isinstance(new_body, str):
-            rows = list(_text_rows(old_body, new_body))
-        else:
-            aligned: list[_Row] = []
-            _align(old_body, new_body, (), 0, None, False, False, aligned)
-            marks = _marks(record)
-            rows = [(_mark_for(row, marks), row.left, row.right) for row in aligned]
-        for mark, left, right in rows:
+        for mark, left, right, _path in rows:
             line = f"{mark} {_cell(left, column)} | {_cell(right, column)}".rstrip()
             out.append(_paint(line, mark, color))
 

@@ -118,6 +118,8 @@ class MirrorLimits(Spec):
     concurrency: Annotated[int, Field(ge=1, le=10_000)] = 32
     queue: Annotated[int, Field(ge=0, le=1_000_000)] = 1000
     rate: Annotated[float, Field(ge=0)] = 0  # requests/s; 0 means no rate budget
+    # a shadow read that waited longer than this would compare answers of different moments
+    max_wait: Duration = 2.0
 
 
 class UpstreamSpec(Spec):

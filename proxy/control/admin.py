@@ -6,7 +6,10 @@ that says what happens. Every change is an audit line: who, what, old -> new, wh
 description of this API ships with the package: proxy/control/openapi.yaml.
 
 Security (PITFALLS.md): the token is compared with hmac.compare_digest; no cookies, so no CSRF;
-mutations accept only application/json; /healthz and /readyz answer without a token (probes).
+mutations accept only application/json; /healthz and /readyz answer without a token (probes),
+and so do the operator console's static files (GET / and /console/*: they hold no data; the page
+asks for the token and sends it with every API call). The console and the read-only endpoints it
+reads are in proxy/control/console.py.
 """
 
 from __future__ import annotations
@@ -24,12 +27,16 @@ import structlog
 from aiohttp import web
 
 from proxy.config.summary import weights_grid
+from proxy.control.audit import AuditLog
+from proxy.control.changes import scope_text
 from proxy.control.edit import EditError, add_rollback, remove_rollback, set_weight
 from proxy.control.live import Applied, Control
+from proxy.telemetry import Telemetry
 
 log = structlog.get_logger("cutover.admin")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 OPEN_PATHS = frozenset({"/healthz", "/readyz"})
+CONSOLE_PREFIX = "/console"
 MAX_BODY = 64 * 1024
 OUTBOX_WAIT_MAX = 300.0
 
@@ -37,7 +44,7 @@ ADMIN: web.AppKey[AdminContext] = web.AppKey("admin")
 
 
 class AdminContext:
-    """What the admin API reads and changes; `extra` adds the other parts' state."""
+    """What the admin API reads and changes; `state_parts` adds the other parts' state."""
 
     def __init__(
         self,
@@ -48,6 +55,8 @@ class AdminContext:
         outbox_to: Callable[[str], Awaitable[int | None]] | None = None,
         metrics: Callable[[], bytes] | None = None,
         advance: Callable[..., Awaitable[dict[str, Any]]] | None = None,
+        telemetry: Telemetry | None = None,
+        fleet_key: bytes | None = None,
     ) -> None:
         self.control = control
         self.token = token.encode() if token else None
@@ -55,8 +64,12 @@ class AdminContext:
         self.outbox_to = outbox_to
         self.metrics = metrics
         self.advance = advance
+        self.telemetry = telemetry
+        self.fleet_key = fleet_key
         self.ready = False
         self.lock = asyncio.Lock()  # one file edit at a time
+        self.audit = AuditLog(control.state_dir / f"audit-{control.instance}.jsonl")
+        control.on_event(self.audit.on_event)
 
 
 def _json(data: Any, status: int = 200) -> web.Response:
@@ -80,11 +93,22 @@ def _problem(status: int, title: str, detail: str, **extra: Any) -> web.Response
     )
 
 
+def _public(request: web.Request) -> bool:
+    """The probes, and the console's page and scripts (no data in them)."""
+    if request.path in OPEN_PATHS:
+        return True
+    path = request.path
+    return request.method in {"GET", "HEAD"} and (
+        path in {"/", CONSOLE_PREFIX} or path.startswith(CONSOLE_PREFIX + "/")
+    )
+
+
 @web.middleware
 async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Bearer token on everything but the probes; JSON bodies only for changes."""
+    """Bearer token on everything but the probes and the console's files; JSON bodies only for
+    changes."""
     context = request.app[ADMIN]
-    if request.path not in OPEN_PATHS and context.token is not None:
+    if context.token is not None and not _public(request):
         offered = request.headers.get("Authorization", "")
         scheme, _, secret = offered.partition(" ")
         if scheme.lower() != "bearer" or not hmac.compare_digest(secret.encode(), context.token):
@@ -165,6 +189,8 @@ async def state(request: web.Request) -> web.Response:
         "fleet": {"seq": control.fleet.seq, "scopes": list(control.fleet.scopes)},
     }
     data["routes"] = weights_grid(table, control.tables.overlay)
+    data["channels"] = list(table.channels)
+    data["cohorts"] = list(table.cohort_names)
     if context.state_parts is not None:
         data.update(await context.state_parts())
     return _json(data)
@@ -176,6 +202,7 @@ async def _change(
     """Edit routes.yaml (when it is what runs), apply it, and say so in the audit log."""
     context = request.app[ADMIN]
     control = context.control
+    audit = {"by": by, "action": what["action"], "scope": scope_text(what), "reason": reason}
     async with context.lock:
         if control.path is None:
             return _problem(409, "Conflict", "this instance has no routes.yaml to write to")
@@ -195,12 +222,19 @@ async def _change(
         before = control.table.version
         applied: Applied = control.write_and_apply(new.encode(), source=f"admin:{by}")
     if not applied.ok:
+        context.audit.record(**audit, result="refused", detail={"errors": list(applied.errors)})
         return _problem(
             422,
             "Change refused",
             "the change would make routes.yaml invalid",
             errors=list(applied.errors),
         )
+    detail = {k: v for k, v in what.items() if k not in {"action", "route", "channel", "cohort"}}
+    context.audit.record(
+        **audit,
+        result="applied" if applied.changed else "unchanged",
+        detail={**detail, "version_before": before, "version_after": applied.version},
+    )
     log.warning(
         "admin_change",
         by=by,
@@ -342,7 +376,15 @@ async def advance(request: web.Request) -> web.Response:
         return _problem(404, "Not Found", "plans are not running in this process")
     by = _who(request, body)
     result = await context.advance(request.match_info["route"], by=by, reason=reason, force=force)
-    if not result.get("ok"):
+    if not result.get("ok"):  # an advance that happens is audited by its plan_advanced event
+        context.audit.record(
+            by=by,
+            action="advance",
+            scope=request.match_info["route"],
+            reason=reason,
+            result="refused",
+            detail={"reasons": result.get("reasons", []), "forced": force},
+        )
         return _problem(
             409, "Gates closed", "; ".join(result.get("reasons", [])), gates=result.get("gates")
         )

@@ -467,29 +467,11 @@ def _fleet_status(target: Target, args: argparse.Namespace) -> int:
 
     async def run() -> int:
         view = await fleetctl.read_retained(mqtt, table.migration, key)
-        want_version = view.config.version if view.config is not None else None
-        want_seq = view.rollback.seq if view.rollback is not None else 0
-        rows = []
-        for instance, s in sorted(view.instances.items()):
-            converged = (
-                s.get("status") == "online"
-                and (want_version is None or s.get("version") == want_version)
-                and int(s.get("rollback_seq") or 0) >= want_seq
-            )
-            rows.append({**s, "instance": instance, "converged": converged})
-        online = [r for r in rows if r.get("status") == "online"]
-        all_converged = bool(online) and all(r["converged"] for r in online)
-        scopes: list[dict[str, Any]] = list(view.rollback.scopes) if view.rollback else []
-        data = {
-            "config_version": want_version,
-            "rollback_seq": want_seq,
-            "rollback_scopes": scopes,
-            "converged": all_converged,
-            "instances": rows,
-        }
+        data = fleetctl.convergence(view)
+        rows = data["instances"]
         lines = [
-            f"fleet {table.migration}: config {want_version or '(none published)'}, "
-            f"rollback seq {want_seq} ({_scopes(scopes)})",
+            f"fleet {table.migration}: config {data['config_version'] or '(none published)'}, "
+            f"rollback seq {data['rollback_seq']} ({_scopes(data['rollback_scopes'])})",
             f"{'instance':<28} {'status':<8} {'version':<14} {'rollback':<14} converged",
         ]
         lines.extend(
@@ -498,7 +480,7 @@ def _fleet_status(target: Target, args: argparse.Namespace) -> int:
             for r in rows
         )
         _print(data, args.json, "\n".join(lines))
-        return 0 if all_converged else EXIT_UNCONFIRMED
+        return 0 if data["converged"] else EXIT_UNCONFIRMED
 
     return _fleet_run(run)
 

@@ -217,6 +217,30 @@ async def wait_converged(
                 statuses[instance] = status
 
 
+def convergence(view: FleetView) -> dict[str, Any]:
+    """Every instance the broker knows, and whether it enforces the retained config and rollback
+    flags (`cutover status --fleet`, the console's fleet view). The fleet has converged when at
+    least one instance is online and every online one has."""
+    want_version = view.config.version if view.config is not None else None
+    want_seq = view.rollback.seq if view.rollback is not None else 0
+    rows = []
+    for instance, s in sorted(view.instances.items()):
+        converged = (
+            s.get("status") == "online"
+            and (want_version is None or s.get("version") == want_version)
+            and int(s.get("rollback_seq") or 0) >= want_seq
+        )
+        rows.append({**s, "instance": instance, "converged": converged})
+    online = [r for r in rows if r.get("status") == "online"]
+    return {
+        "config_version": want_version,
+        "rollback_seq": want_seq,
+        "rollback_scopes": list(view.rollback.scopes) if view.rollback else [],
+        "converged": bool(online) and all(r["converged"] for r in online),
+        "instances": rows,
+    }
+
+
 def _converged(
     statuses: Mapping[str, Mapping[str, Any]], rollback_seq: int | None, version: str | None
 ) -> bool:

@@ -214,7 +214,7 @@ async def test_shift_and_publish_reach_every_instance(fleet: Fleet, http):
     published = members[0].workdir / "next.yaml"
     published.write_bytes(orjson.dumps(doc))
     code, out, err = await fleet.cli("publish", str(published), "--json")
-    assert code == 0, err
+    assert code == 0, err + out
     assert orjson.loads(out)["converged"] is True
     assert {await serving(http, m) for m in members} == {"new"}
     code, out, err = await fleet.cli("status", "--json")

@@ -5,7 +5,14 @@ from __future__ import annotations
 import asyncio
 
 from proxy.config.spec import MirrorLimits
-from proxy.mirror import MirrorDispatcher, TokenBucket
+from proxy.mirror import (
+    BREAKER_COOL_OFF,
+    BREAKER_COOL_OFF_MAX,
+    BREAKER_THRESHOLD,
+    Breaker,
+    MirrorDispatcher,
+    TokenBucket,
+)
 from tests.processes import wait_for
 
 
@@ -103,3 +110,85 @@ async def test_rate_budget_sheds_mirrors():
     assert reasons.count("rate") == 15
     await dispatcher.drain(timeout=5)
     assert len(done) == 5
+
+
+def test_breaker_opens_after_consecutive_failures_and_lets_one_trial_through():
+    breaker = Breaker()
+    now = 100.0
+    for _ in range(BREAKER_THRESHOLD - 1):
+        assert not breaker.failed(now)
+    assert breaker.succeeded() is False  # an answer in between resets the count
+    opened = [breaker.failed(now) for _ in range(BREAKER_THRESHOLD)]
+    assert opened == [False] * (BREAKER_THRESHOLD - 1) + [True]
+    assert breaker.is_open
+    assert not breaker.allow(now + BREAKER_COOL_OFF / 2)
+    assert not breaker.failed(now + 0.1), "late failures of earlier jobs change nothing"
+    assert breaker.open_until == now + BREAKER_COOL_OFF
+    assert breaker.allow(now + BREAKER_COOL_OFF), "one trial after the cool-off"
+    assert not breaker.allow(now + BREAKER_COOL_OFF + 0.01), "and only one"
+    breaker.failed(now + BREAKER_COOL_OFF + 0.02)  # the trial failed: twice as long
+    assert breaker.cool_off == 2 * BREAKER_COOL_OFF
+    assert not breaker.allow(now + BREAKER_COOL_OFF + 1.5)
+    assert breaker.allow(now + BREAKER_COOL_OFF + 2.1)
+    assert breaker.succeeded() is True, "an answer closes the circuit"
+    assert breaker.failures == 0  # closed (not `is_open`: mypy keeps the narrowing above)
+    assert breaker.allow(now + 4)
+
+
+def test_breaker_cool_off_is_capped():
+    breaker = Breaker()
+    now = 0.0
+    for _ in range(BREAKER_THRESHOLD):
+        breaker.failed(now)
+    for _ in range(20):
+        now = breaker.open_until
+        assert breaker.allow(now)
+        breaker.failed(now)
+    assert breaker.cool_off == BREAKER_COOL_OFF_MAX
+
+
+def test_a_trial_that_never_reports_does_not_keep_the_circuit_shut():
+    breaker = Breaker()
+    for _ in range(BREAKER_THRESHOLD):
+        breaker.failed(0.0)
+    assert breaker.allow(BREAKER_COOL_OFF)  # this trial's job ends without reaching anyone
+    assert not breaker.allow(BREAKER_COOL_OFF + 0.5)
+    assert breaker.allow(2 * BREAKER_COOL_OFF), "another trial after another cool-off"
+
+
+async def test_an_unreachable_upstream_opens_its_lane_and_sheds_what_waits():
+    dispatcher = MirrorDispatcher()
+    limits = MirrorLimits(concurrency=1, queue=10, rate=0)
+    release, started = asyncio.Event(), list[int]()
+    for i in range(4):
+        assert dispatcher.submit("new-crm", limits, blocked_job(started, release, i)) is None
+    assert dispatcher.snapshot()["new-crm"]["queued"] == 3
+    for _ in range(BREAKER_THRESHOLD):
+        dispatcher.report("new-crm", reachable=False)
+    snap = dispatcher.snapshot()["new-crm"]
+    assert snap["circuit_open"] == 1
+    assert snap["queued"] == 0
+    assert snap["dropped_circuit_open"] == 3
+    assert dispatcher.submit("new-crm", limits, blocked_job(started, release, 9)) == (
+        "circuit_open"
+    )
+    dispatcher.report("other", reachable=False)  # an upstream without a lane: ignored
+    dispatcher.report("new-crm", reachable=True)
+    assert dispatcher.snapshot()["new-crm"]["circuit_open"] == 0
+    release.set()
+    await dispatcher.drain(timeout=5)
+    assert started == [0]
+
+
+async def test_a_job_that_waited_past_max_wait_is_dropped_as_stale():
+    dispatcher = MirrorDispatcher()
+    limits = MirrorLimits(concurrency=1, queue=10, rate=0, max_wait=0.05)
+    release, started = asyncio.Event(), list[int]()
+    for i in range(3):
+        assert dispatcher.submit("new-crm", limits, blocked_job(started, release, i)) is None
+    await asyncio.sleep(0.1)  # the queued jobs are now older than max_wait (that is the point)
+    assert dispatcher.submit("new-crm", limits, blocked_job(started, release, 3)) is None
+    release.set()
+    await wait_for(lambda: started == [0, 3], what="the fresh job to run after the first")
+    assert dispatcher.snapshot()["new-crm"]["dropped_stale"] == 2
+    await dispatcher.drain(timeout=5)

@@ -14,6 +14,7 @@ from aiohttp import web
 from proxy.config import parse_config
 from proxy.demo.platforms import Simulators
 from proxy.demo.run import seeded_ids
+from proxy.mirror import BREAKER_THRESHOLD
 from proxy.runner import Running, start
 from tests.configs import base_doc, demo_doc, dump
 from tests.processes import wait_for
@@ -264,3 +265,34 @@ async def test_noise_probe_learns_fields_that_differ_between_two_answers_of_one_
     assert [d["path"] for d in last["differences"]] == ["$.name"]
     assert [d["path"] for d in last["noise"]] == ["$.served"]
     assert shadowing.noise_report()["contacts"]["$.served"] >= 1
+
+
+async def test_a_down_secondary_is_skipped_until_it_answers_again(sims: Simulators, demo):
+    """The circuit breaker: after BREAKER_THRESHOLD unreachable tries, shadow reads to the new
+    platform are dropped (counted) instead of tried; once it is back, a trial closes it."""
+    running, sink = demo
+    assert running.proxy.shadowing is not None
+    dispatcher = running.proxy.shadowing.dispatcher
+    await sims.new_crm.go_down()
+    path, who = "/api/contacts?customer=C-1010", {"X-Customer-Id": "C-1010"}
+    for _ in range(BREAKER_THRESHOLD):
+        assert (await get(running, path, **who)).status == 200
+    await wait_for(lambda: len(sink) == BREAKER_THRESHOLD, what="the failed comparisons")
+    await wait_for(
+        lambda: dispatcher.snapshot()["new-crm"]["circuit_open"] == 1, what="the open circuit"
+    )
+    for _ in range(10):
+        response = await get(running, path, **who)
+        assert response.status == 200
+        assert response.headers["X-Cutover-Platform"] == "old"
+    assert running.proxy.shadowing.stats.drop_reasons["circuit_open"] == 10
+    assert stats(running)["contacts"]["error"] == BREAKER_THRESHOLD
+    assert len(sink) == BREAKER_THRESHOLD, "nothing was tried while the circuit was open"
+    await sims.new_crm.come_up()
+
+    async def matched() -> bool:
+        await get(running, path, **who)
+        return any(r["result"] == "match" for r in sink)
+
+    await wait_for(matched, timeout=10, what="a trial after the cool-off to match")
+    assert dispatcher.snapshot()["new-crm"]["circuit_open"] == 0
