@@ -3,7 +3,7 @@
 Start-up order is the order of `cleanup_ctx`; shutdown runs it in reverse, after aiohttp has
 stopped accepting and let in-flight requests finish (STYLE.md §7):
 
-    upstream sessions      opened first, closed last: everything below still sends through them
+    upstream pools         opened first, closed last: everything below still sends through them
     outbox store           opened before the worker, closed after it
     outbox worker          sends what is ready for OUTBOX_FLUSH_TIMEOUT, leaves the rest durable
     shadow                 mirrors in flight get MIRROR_DRAIN_TIMEOUT; the diff log is flushed
@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import structlog
-from aiohttp import ClientSession, web
+from aiohttp import web
 
 from proxy.config import RouteTable
 from proxy.control.changes import Changes
@@ -43,7 +43,7 @@ from proxy.state import TableStore
 from proxy.supervisor import Supervisor
 from proxy.telemetry import Telemetry
 from proxy.translate import Translator
-from proxy.upstream import UpstreamClients, close_sessions
+from proxy.upstream import UpstreamClients, close_pools
 from shadow.difflog import DiffLogWriter
 from shadow.stats import ShadowStats
 
@@ -195,7 +195,7 @@ def build(
 
     app = web.Application(client_max_size=table.spec.outbox.max_body)
     app[PARTS] = parts
-    app.cleanup_ctx.append(_sessions(parts))
+    app.cleanup_ctx.append(_pools(parts))
     app.cleanup_ctx.append(_control(parts))
     app.cleanup_ctx.append(_fleet(parts))
     app.cleanup_ctx.append(_outbox(parts))
@@ -206,7 +206,7 @@ def build(
     return app, parts
 
 
-def _sessions(parts: Parts) -> Context:
+def _pools(parts: Parts) -> Context:
     async def ctx(app: web.Application) -> AsyncIterator[None]:
         parts.clients.sync(parts.tables.table)
         yield
@@ -217,16 +217,15 @@ def _sessions(parts: Parts) -> Context:
 
 
 def _control(parts: Parts) -> Context:
-    """Reloads: the file watched, and every swap re-syncing the upstream sessions (sessions of
+    """Reloads: the file watched, and every swap re-syncing the upstream pools (pools of
     upstreams that changed are closed once requests that may still use them are done)."""
 
     async def ctx(app: web.Application) -> AsyncIterator[None]:
         def swapped(old: RouteTable, new: RouteTable) -> None:
             parts.telemetry.retable(new)
-            stale = parts.clients.sync(new)
-            if stale:
-                grace = 2 * max((u.timeout for u in old.upstreams.values()), default=5.0) + 1
-                parts.supervisor.spawn(_close_later(stale, grace), name="close-stale-sessions")
+            # pools of upstreams that changed: idle connections close now, busy ones as soon
+            # as the request on them is done
+            close_pools(parts.clients.sync(new))
 
         parts.tables.on_swap(swapped)
         watcher = None
@@ -286,11 +285,6 @@ def _fleet(parts: Parts) -> Context:
         await asyncio.gather(task, return_exceptions=True)
 
     return ctx
-
-
-async def _close_later(sessions: list[ClientSession], grace: float) -> None:
-    await asyncio.sleep(grace)
-    await close_sessions(sessions)
 
 
 def _outbox(parts: Parts) -> Context:

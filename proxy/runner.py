@@ -1,10 +1,11 @@
 """Running one cutover process: listeners up, signals wired, shutdown in the written order.
 
-Shutdown order (STYLE.md §7), carried by aiohttp's runner and the apps' cleanup contexts:
-  1. stop accepting (sites stopped)
-  2. finish in-flight requests (server shutdown, bounded by SHUTDOWN_TIMEOUT)
+Shutdown order (STYLE.md §7), carried by the data path's HttpServer, then the app's cleanup
+contexts (aiohttp's runner runs them; it serves nothing itself):
+  1. stop accepting (the listening socket closed, idle keep-alive connections closed)
+  2. finish in-flight requests (bounded by SHUTDOWN_TIMEOUT)
   3. drain mirrors, flush the outbox, say goodbye on MQTT (cleanup contexts, in reverse)
-  4. close upstream sessions (the first cleanup context, so the last to close)
+  4. close the upstream pools (the first cleanup context, so the last to close)
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from proxy.config.units import split_host_port
 from proxy.control import console
 from proxy.control.admin import AdminContext
 from proxy.dualwrite.model import IdEntry
+from proxy.http1.server import HttpServer, Limits
 from proxy.metrics import exposition
 from proxy.server import Proxy
 from proxy.shadowing import RecordSink
@@ -62,7 +64,8 @@ class Running:
     table: RouteTable
     store: TableStore
     proxy: Proxy
-    runner: DataPathRunner
+    runner: web.AppRunner  # the parts' lifecycle (cleanup contexts); serves nothing
+    server: HttpServer
     port: int
     parts: Parts
     admin: web.AppRunner | None = None
@@ -72,38 +75,12 @@ class Running:
     async def stop(self) -> None:
         if self.admin_context is not None:
             self.admin_context.ready = False  # /readyz says so before anything closes
+        unfinished = await self.server.shutdown(SHUTDOWN_TIMEOUT)
+        if unfinished:
+            log.warning("requests_cut_at_shutdown", count=unfinished, timeout_s=SHUTDOWN_TIMEOUT)
         await self.runner.cleanup()
         if self.admin is not None:
             await self.admin.cleanup()
-
-
-class DataPathRunner(web.AppRunner):
-    """The app for the parts' lifecycle (its cleanup_ctx), but requests go straight to the
-    proxy's handler: aiohttp's router, middlewares and `web.Request` cost ~17 % of a
-    pass-through request's CPU and the data path has exactly one handler (bench/README.md)."""
-
-    def __init__(self, app: web.Application, proxy: Proxy, client_max_size: int) -> None:
-        super().__init__(
-            app, access_log=None, handle_signals=False, shutdown_timeout=SHUTDOWN_TIMEOUT
-        )
-        self._proxy = proxy
-        self._client_max_size = client_max_size
-
-    async def _make_server(self) -> web.Server:
-        server = await super()._make_server()
-        loop = asyncio.get_running_loop()
-        limit = self._client_max_size
-
-        def request(
-            message: Any, payload: Any, protocol: Any, writer: Any, task: Any
-        ) -> web.BaseRequest:
-            return web.BaseRequest(
-                message, payload, protocol, writer, task, loop, client_max_size=limit
-            )
-
-        server.request_handler = self._proxy.handle
-        server.request_factory = request
-        return server
 
 
 def instance_id(table: RouteTable) -> str:
@@ -149,14 +126,16 @@ async def start(
         sink=sink,
         preload_ids=preload_ids,
     )
-    runner = DataPathRunner(app, parts.proxy, table.spec.outbox.max_body)
-    await runner.setup()
+    runner = web.AppRunner(app, handle_signals=False, access_log=None)
+    await runner.setup()  # the parts start: pools, store, outbox worker, fleet link, ...
     host, port = split_host_port(table.spec.listen)
-    shared = reuse_port or workers > 1
-    site = web.TCPSite(runner, host, port, reuse_port=shared or None, backlog=2048)
-    await site.start()
-    bound = _bound_port(runner) or port
-    running = Running(table, parts.tables, parts.proxy, runner, bound, parts)
+    server = HttpServer(parts.proxy.handle, Limits())
+    try:
+        bound = await server.start(host, port, reuse_port=reuse_port or workers > 1)
+    except OSError:
+        await runner.cleanup()
+        raise
+    running = Running(table, parts.tables, parts.proxy, runner, server, bound, parts)
     if worker == 0:  # with --workers N, the admin API and /metrics live in worker 0
         await _start_admin(running, table)
     log.info(

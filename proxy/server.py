@@ -1,4 +1,4 @@
-"""The data path: one aiohttp handler, readable top to bottom.
+"""The data path: one handler, readable top to bottom.
 
     check the request line -> match a route -> identify the customer -> decide the primary
     -> forward to the primary, stream its answer back -> hand the secondary's work off
@@ -18,7 +18,6 @@ from typing import Any
 
 import orjson
 import structlog
-from aiohttp import ClientResponse, web
 from multidict import CIMultiDict
 
 from proxy.config.spec import ALL_METHODS, Side
@@ -27,9 +26,7 @@ from proxy.dualwrite.journal import DualWrite
 from proxy.errors import (
     BadRequest,
     ClientGone,
-    CutoverError,
     NoRoute,
-    PayloadTooLarge,
     RequestRejected,
     UpstreamError,
 )
@@ -42,9 +39,10 @@ from proxy.headers import (
     request_id_of,
     upstream_request_headers,
 )
+from proxy.http1.client import Answer
+from proxy.http1.server import PROBLEM_TYPE, Request, Responder, problem_body
 from proxy.identity import BadIdentity, Identity, identify
 from proxy.observe import CustomerHasher
-from proxy.problem import problem
 from proxy.routing import Decision, decide
 from proxy.shadowing import Capture, ClientHeaders, Pending, Shadowing
 from proxy.state import TableStore
@@ -87,25 +85,13 @@ def _is_json(content_type: str | None) -> bool:
     return content_type is not None and "json" in content_type.lower()
 
 
-async def _read_capped(content: Any, limit: int, length: int | None) -> bytes:
-    """A request body read whole, refused with 413 past `limit`."""
-    if length is not None and length > limit:
-        raise PayloadTooLarge(f"bodies on this route are limited to {limit} bytes")
-    parts: list[bytes] = []
-    size = 0
-    async for chunk in content.iter_any():
-        size += len(chunk)
-        if size > limit:
-            raise PayloadTooLarge(f"bodies on this route are limited to {limit} bytes")
-        parts.append(chunk)
-    return b"".join(parts)
-
-
-async def _read_answer(answer: ClientResponse, limit: int) -> tuple[bytes, bool]:
+async def _read_answer(answer: Answer, limit: int) -> tuple[bytes, bool]:
     """Up to `limit` bytes of an answer; True when that was all of it."""
+    if answer.complete:
+        return await answer.read(), True
     parts: list[bytes] = []
     size = 0
-    async for chunk in answer.content.iter_any():
+    async for chunk in answer.chunks():
         parts.append(chunk)
         size += len(chunk)
         if size > limit:
@@ -117,14 +103,6 @@ class ReferenceElsewhere(RequestRejected):
     status = 409
     kind = "reference-elsewhere"
     title = "Referenced record is on the other platform"
-
-
-class MidStreamAbort(CutoverError):
-    """The upstream failed after the answer's head was sent; the connection has been aborted."""
-
-    def __init__(self, stream: web.StreamResponse) -> None:
-        super().__init__("upstream failed mid-body")
-        self.stream = stream
 
 
 @dataclass(slots=True)
@@ -170,38 +148,21 @@ class Proxy:
         self.telemetry = telemetry
         self._random = random.Random()  # noqa: S311 - sampling the shadow share, not a secret
 
-    async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
+    async def handle(self, request: Request, respond: Responder) -> None:
         table = self.store.table
-        raw_path, _, query = request.raw_path.partition("?")
-        ex = Exchange(request_id_of(request.headers), request.method, raw_path, time.monotonic())
+        ex = Exchange(
+            request_id_of(request.headers), request.method, request.path, time.monotonic()
+        )
         try:
-            response = await self._route(request, table, ex, query)
+            await self._route(request, respond, table, ex)
         except RequestRejected as exc:
-            response = problem(
-                exc.status,
-                exc.kind,
-                exc.title,
-                str(exc),
-                request_id=ex.request_id,
-                route=ex.route.name if ex.route else None,
-            )
             ex.error = exc.kind
+            self._problem(respond, ex, exc.status, exc.kind, exc.title, str(exc))
         except UpstreamError as exc:
-            response = problem(
-                exc.status,
-                exc.kind,
-                exc.title,
-                exc.detail,
-                request_id=ex.request_id,
-                route=ex.route.name if ex.route else None,
-                platform=ex.platform,
-            )
             ex.error = exc.kind
-        except MidStreamAbort as exc:
-            response = exc.stream
+            self._problem(respond, ex, exc.status, exc.kind, exc.title, exc.detail)
         except ClientGone:
             ex.error = "client-gone"
-            response = web.Response(status=499)  # never sent: the connection is gone
         except Exception:  # the last boundary: a bug must cost one request, not the process
             log.exception(
                 "handler_failed",
@@ -209,25 +170,46 @@ class Proxy:
                 route=ex.route.name if ex.route else None,
             )
             ex.error = "internal"
-            response = problem(
+            self._problem(
+                respond,
+                ex,
                 500,
                 "internal",
                 "Internal error",
                 "cutover failed to handle this request; see its log",
-                request_id=ex.request_id,
             )
-        if ex.platform is not None and not response.prepared:
-            response.headers[PLATFORM] = ex.platform
-        ex.status = response.status
+        ex.status = respond.status if respond.started else 499  # 499: nobody left to answer
         self._access_log(ex)
-        return response
+
+    def _problem(
+        self, respond: Responder, ex: Exchange, status: int, kind: str, title: str, detail: str
+    ) -> None:
+        """cutover's own answer (RFC 9457), naming the route and the platform; when the answer
+        had already begun, the connection is cut instead (the only honest signal left)."""
+        if respond.started:
+            respond.abort()
+            return
+        headers = [("Content-Type", PROBLEM_TYPE), (REQUEST_ID, ex.request_id)]
+        if ex.platform is not None:
+            headers.append((PLATFORM, ex.platform))
+        body = problem_body(
+            status,
+            kind,
+            title,
+            detail,
+            route=ex.route.name if ex.route else None,
+            platform=ex.platform if status >= 500 else None,
+            request_id=ex.request_id,
+        )
+        respond.send(status, headers, body)
 
     async def _route(
-        self, request: web.BaseRequest, table: RouteTable, ex: Exchange, query: str
-    ) -> web.StreamResponse:
+        self, request: Request, respond: Responder, table: RouteTable, ex: Exchange
+    ) -> None:
         method = request.method
         if method not in _METHODS:
             raise BadRequest(f"method {method} is not proxied")
+        query = request.query
         path = canonical_path(ex.path)
         route = table.match(method, path)
         if route is None:
@@ -259,7 +241,7 @@ class Proxy:
         )
         add_forwarding(
             headers,
-            peer=request.remote,
+            peer=request.peer,
             proto=request.scheme,
             host=request.headers.get("Host"),
             request_id=ex.request_id,
@@ -268,8 +250,8 @@ class Proxy:
         # a create on a route with ids is noted in the id map even without dual-write, so that
         # record affinity can find the record's only platform later
         creates = route.ids is not None and method == "POST" and resolved.span is None
-        raw, data = await self._request_body(
-            request, table, route, primary, headers, whole=journal is not None
+        raw, data, length = await self._request_body(
+            request, table, route, primary, whole=journal is not None
         )
         intent = None
         if journal is not None:
@@ -293,10 +275,11 @@ class Proxy:
         )
         try:
             async with self.clients.request(
-                upstream, "primary", method, target, headers, data
+                upstream, "primary", method, target, headers, data, length
             ) as answer:
-                response, payload = await self._relay(
+                payload = await self._relay(
                     request,
+                    respond,
                     answer,
                     ex,
                     route,
@@ -320,11 +303,10 @@ class Proxy:
             await journal.settle(intent, route, status, payload)
         elif creates and self.dual is not None and 200 <= status < 300:
             await self.dual.note_create(route, primary, payload)
-        return response
 
     async def _start_shadow(
         self,
-        request: web.BaseRequest,
+        request: Request,
         table: RouteTable,
         decision: Decision,
         resolved: Resolved,
@@ -339,7 +321,7 @@ class Proxy:
         client = ClientHeaders(
             items=tuple(request.headers.items()),
             named=named,
-            peer=request.remote,
+            peer=request.peer,
             proto=request.scheme,
             host=request.headers.get("Host"),
         )
@@ -358,33 +340,32 @@ class Proxy:
 
     async def _request_body(
         self,
-        request: web.BaseRequest,
+        request: Request,
         table: RouteTable,
         route: Route,
         side: Side,
-        headers: CIMultiDict[str],
         *,
         whole: bool,
-    ) -> tuple[bytes | None, Any]:
-        """(the client's body when it had to be read whole, what to send to the primary).
+    ) -> tuple[bytes | None, Any, int | None]:
+        """(the client's body when it had to be read whole, what to send to the primary, its
+        length when that is streamed).
 
         Bodies are read whole for the journal and to translate JSON for the new platform (up to
         `outbox.max_body`, else 413); otherwise small ones are read and large ones streamed."""
         if not request.body_exists:
-            return None, None
+            return None, None, None
         length = request.content_length
         translate = _is_json(request.headers.get("Content-Type")) and (
             self.translator.translates_request(route, side)
         )
         if whole or translate:
-            limit = table.spec.outbox.max_body
-            raw = await _read_capped(request.content, limit, length)
+            raw = await request.read(table.spec.outbox.max_body)
             if not translate:
-                return raw, raw
+                return raw, raw, None
             try:
                 doc = orjson.loads(raw)
             except orjson.JSONDecodeError:
-                return raw, raw  # the platform says what it thinks of it
+                return raw, raw, None  # the platform says what it thinks of it
             try:
                 doc = await self.translator.request_doc(route, side, doc)
             except Unresolved as exc:
@@ -392,25 +373,24 @@ class Proxy:
                     f"the body refers to {exc.resource} {exc.key}, which the {side} platform "
                     "does not hold"
                 ) from None
-            return raw, orjson.dumps(doc)
+            return raw, orjson.dumps(doc), None
         if length is not None and length <= BUFFER_REQUEST_BODY:
-            return None, await request.read()
-        if length is not None:
-            headers["Content-Length"] = str(length)
-        return None, request.content
+            return None, await request.read(BUFFER_REQUEST_BODY), None
+        return None, request.stream(), length
 
     async def _relay(
         self,
-        request: web.BaseRequest,
-        answer: ClientResponse,
+        request: Request,
+        respond: Responder,
+        answer: Answer,
         ex: Exchange,
         route: Route,
         side: Side,
         capture: Capture | None,
         *,
         keep: bool,
-    ) -> tuple[web.StreamResponse, bytes | None]:
-        """The primary's answer to the client, and its raw body when it was read whole.
+    ) -> bytes | None:
+        """The primary's answer to the client; its raw body when it was read whole.
 
         Small answers are read whole and sent in one write; JSON answers of the new platform are
         translated to the old contract (up to `outbox.max_body`); the rest is streamed. Teed into
@@ -425,7 +405,7 @@ class Proxy:
         limit = self.store.table.spec.outbox.max_body
         whole = (
             request.method == "HEAD"
-            or answer.status in (204, 304)
+            or answer.complete
             or (length is not None and length <= (limit if (translate or keep) else SMALL_BODY))
         )
         if whole or ((translate or keep) and length is None):
@@ -434,16 +414,19 @@ class Proxy:
                 if capture is not None:
                     capture.feed(body)
                 sent = await self._translated(route, side, body) if translate and body else body
-                response = web.Response(
-                    status=answer.status, reason=answer.reason, body=sent, headers=headers
+                respond.send(
+                    answer.status,
+                    headers.items(),
+                    sent,
+                    reason=answer.reason,
+                    length=length if request.method == "HEAD" else None,
                 )
-                if request.method == "HEAD" and length is not None:
-                    response.content_length = length
-                return response, body
+                return body
             head = body  # too large to translate: relayed as it is, after what was read
         else:
             head = b""
-        return await self._stream(request, answer, ex, headers, head, capture), None
+        await self._stream(respond, answer, ex, headers, head, capture)
+        return None
 
     async def _translated(self, route: Route, side: Side, body: bytes) -> bytes:
         try:
@@ -454,53 +437,41 @@ class Proxy:
 
     async def _stream(
         self,
-        request: web.BaseRequest,
-        answer: ClientResponse,
+        respond: Responder,
+        answer: Answer,
         ex: Exchange,
         headers: CIMultiDict[str],
         head: bytes,
         capture: Capture | None,
-    ) -> web.StreamResponse:
-        stream = web.StreamResponse(status=answer.status, reason=answer.reason, headers=headers)
-        if answer.content_length is not None:
-            stream.content_length = answer.content_length
-        try:
-            await stream.prepare(request)
-            if head:
-                if capture is not None:
-                    capture.feed(head)
-                await stream.write(head)
-        except ConnectionError as exc:
-            raise ClientGone from exc
-        chunks = answer.content.iter_chunked(STREAM_CHUNK)
+    ) -> None:
+        respond.start(
+            answer.status, headers.items(), length=answer.content_length, reason=answer.reason
+        )
+        if head:
+            if capture is not None:
+                capture.feed(head)
+            await respond.write(head)
+        chunks = answer.chunks()
         while True:
             try:
                 chunk = await anext(chunks)
             except StopAsyncIteration:
                 break
-            except Exception as exc:  # any failure here is the upstream's
+            except UpstreamError as exc:
                 # the status line is out: the only honest signal left is an aborted connection
                 log.warning(
                     "upstream_aborted_mid_body",
                     request_id=ex.request_id,
                     platform=ex.platform,
-                    error=type(exc).__name__,
+                    error=exc.kind,
                 )
                 ex.error = "upstream-aborted"
-                if request.transport is not None:
-                    request.transport.close()
-                raise MidStreamAbort(stream) from exc
+                respond.abort()
+                raise
             if capture is not None:
                 capture.feed(chunk)
-            try:
-                await stream.write(chunk)
-            except ConnectionError as exc:
-                raise ClientGone from exc
-        try:
-            await stream.write_eof()
-        except ConnectionError as exc:
-            raise ClientGone from exc
-        return stream
+            await respond.write(chunk)
+        await respond.end()
 
     def _access_log(self, ex: Exchange) -> None:
         identity = ex.identity

@@ -46,7 +46,6 @@ log = structlog.get_logger("cutover.shadow")
 COMPARE_OFF_LOOP = 64 * 1024
 #: mismatching bodies up to this size are kept in the diff record for side-by-side display
 RECORD_BODIES_UP_TO = 64 * 1024
-READ_CHUNK = 64 * 1024
 
 
 class RecordSink(Protocol):
@@ -313,7 +312,7 @@ class Shadowing:
                 async with self.clients.request(
                     upstream, "secondary", method, target, headers
                 ) as r:
-                    async for chunk in r.content.iter_chunked(READ_CHUNK):
+                    async for chunk in r.chunks():
                         capture.feed(chunk)
                     observation = capture.observation(r.status, r.headers)
         except TimeoutError:

@@ -1,177 +1,68 @@
-"""Talking to the platforms: one pooled ClientSession per upstream and role, and the one place
-where aiohttp's client errors become cutover's `UpstreamError`s.
+"""The connections cutover keeps to the platforms: one pool per upstream and role.
 
-Each upstream gets two sessions with separate connection pools: one for primary traffic and one
-for secondary (mirror, dual-write) traffic, so that a slow secondary can never take connections a
-client is waiting for (PITFALLS.md: a 2 s secondary sharing the pool pushed the primary's p99 from
-5 ms to 354 ms). Client defaults are set for a proxy, not a browser: no decompression, no
-redirects, no cookie jar, no invented headers, explicit timeouts.
+Primary traffic (the client waits for it) and secondary traffic (shadow reads, dual-writes,
+verification reads, noise probes) never share a pool (PITFALLS.md: one pool for both let a 2 s
+secondary push the primary's p99 from 4.9 ms to 354 ms). A primary pool holds `pool`
+connections; a secondary pool `mirror.concurrency`, which the mirror lane also enforces.
+
+The pools speak HTTP/1.1 through proxy.http1.client: keep-alive, no redirects followed, no
+cookies, no invented headers (no Accept, User-Agent or Accept-Encoding), bodies relayed as they
+are (never decompressed), every wait bounded by the upstream's timeouts.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
-from contextlib import contextmanager
-from typing import Any, Literal
+import time
+from typing import Literal
 
-import aiohttp
-from aiohttp import ClientResponse, ClientSession, ClientTimeout, DummyCookieJar, TCPConnector
-from aiohttp.http_exceptions import HttpProcessingError
 from multidict import CIMultiDict
-from yarl import URL
 
-from proxy.config.table import RouteTable, Upstream
-from proxy.errors import (
-    CutoverError,
-    UpstreamConnectError,
-    UpstreamProtocolError,
-    UpstreamRefused,
-    UpstreamTimeout,
-)
+from proxy.config import RouteTable, Upstream
+from proxy.http1.client import Body, Exchange, Pool
 
 Role = Literal["primary", "secondary"]
-_SKIP_AUTO_HEADERS = ("Accept", "Accept-Encoding", "User-Agent", "Content-Type")
-#: response header lines longer than this are refused rather than relayed
-MAX_UPSTREAM_FIELD_SIZE = 16 * 1024
-
-
-def mapped_error(exc: BaseException, upstream: Upstream) -> CutoverError | None:
-    """The one mapping from aiohttp/OS errors to cutover's upstream errors (None: not ours to
-    map: a cutover error already, a cancellation, or a bug)."""
-    if isinstance(exc, CutoverError):
-        return None
-    if isinstance(exc, (TimeoutError, aiohttp.ServerTimeoutError)):
-        return UpstreamTimeout(upstream.name, f"no answer within {upstream.timeout:g}s")
-    if isinstance(exc, aiohttp.ClientConnectorError):
-        reason = exc.os_error.strerror or exc.os_error
-        return UpstreamRefused(upstream.name, f"cannot connect: {reason}")
-    if isinstance(exc, (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError, ConnectionError)):
-        return UpstreamConnectError(upstream.name, "connection closed or reset")
-    if isinstance(
-        exc, (aiohttp.ClientResponseError, aiohttp.ClientPayloadError, HttpProcessingError)
-    ):
-        return UpstreamProtocolError(upstream.name, "invalid HTTP response")
-    if isinstance(exc, aiohttp.ClientError):
-        return UpstreamConnectError(upstream.name, type(exc).__name__)
-    return None
-
-
-@contextmanager
-def map_client_errors(upstream: Upstream) -> Iterator[None]:
-    """`mapped_error` for a block."""
-    try:
-        yield
-    except Exception as exc:
-        mapped = mapped_error(exc, upstream)
-        if mapped is None:
-            raise
-        raise mapped from exc
-
-
-class Call:
-    """One request to an upstream as an async context manager: the response once its head is
-    in; errors (while sending, or while the caller reads the body) mapped to `UpstreamError`s;
-    the connection back to the pool (or closed) on exit. A class rather than a generator-based
-    context manager: this runs for every request (bench/README.md, profile notes)."""
-
-    __slots__ = ("_data", "_headers", "_method", "_response", "_session", "_upstream", "_url")
-
-    def __init__(
-        self,
-        session: ClientSession,
-        upstream: Upstream,
-        method: str,
-        url: URL,
-        headers: CIMultiDict[str],
-        data: Any,
-    ) -> None:
-        self._session = session
-        self._upstream = upstream
-        self._method = method
-        self._url = url
-        self._headers = headers
-        self._data = data
-        self._response: ClientResponse | None = None
-
-    async def __aenter__(self) -> ClientResponse:
-        try:
-            self._response = await self._session.request(
-                self._method,
-                self._url,
-                headers=self._headers,
-                data=self._data,
-                allow_redirects=False,
-                compress=None,
-            )
-        except Exception as exc:
-            mapped = mapped_error(exc, self._upstream)
-            if mapped is None:
-                raise
-            raise mapped from exc
-        return self._response
-
-    async def __aexit__(self, kind: Any, exc: BaseException | None, tb: Any) -> None:
-        if self._response is not None:
-            self._response.release()
-        if exc is not None and isinstance(exc, Exception):
-            mapped = mapped_error(exc, self._upstream)
-            if mapped is not None:
-                raise mapped from exc
+SWEEP_EVERY = 5.0
 
 
 class UpstreamClients:
-    """Owns the sessions; built at start-up, re-synced on reload, closed at shutdown."""
+    """Owns the pools; built at start-up, re-synced on reload, closed at shutdown."""
 
     def __init__(self) -> None:
-        self._sessions: dict[tuple[str, str, Role], tuple[Upstream, ClientSession]] = {}
+        self._pools: dict[tuple[str, str, Role], tuple[Upstream, Pool]] = {}
+        self._sweeper: asyncio.TimerHandle | None = None
 
-    def sync(self, table: RouteTable) -> list[ClientSession]:
-        """Open sessions for new or changed upstreams; return the ones no longer needed (the
+    def sync(self, table: RouteTable) -> list[Pool]:
+        """Open pools for new or changed upstreams; return the ones no longer needed (the
         caller closes them once requests in flight on them are done)."""
         wanted: dict[tuple[str, str, Role], Upstream] = {}
         for (side, api), upstream in table.upstreams.items():
             for role in ("primary", "secondary"):
                 wanted[(side, api, role)] = upstream
         stale = []
-        for key, (current, session) in list(self._sessions.items()):
+        for key, (current, pool) in list(self._pools.items()):
             if wanted.get(key) != current:
-                stale.append(session)
-                del self._sessions[key]
+                stale.append(pool)
+                del self._pools[key]
         for key, upstream in wanted.items():
-            if key not in self._sessions:
-                self._sessions[key] = (upstream, self._open(upstream, key[2]))
+            if key not in self._pools:
+                self._pools[key] = (upstream, self._open(upstream, key[2]))
+        if self._sweeper is None:
+            self._sweeper = asyncio.get_running_loop().call_later(SWEEP_EVERY, self._sweep)
         return stale
 
     @staticmethod
-    def _open(upstream: Upstream, role: Role) -> ClientSession:
-        limit = upstream.pool if role == "primary" else max(upstream.mirror.concurrency, 1)
-        connector = TCPConnector(
-            limit=limit,
-            limit_per_host=limit,
-            ttl_dns_cache=60,
-            keepalive_timeout=30,
-            enable_cleanup_closed=False,
-        )
-        return ClientSession(
-            connector=connector,
-            timeout=ClientTimeout(
-                total=None,
-                connect=upstream.timeout,  # a free pooled connection, or a new one
-                sock_connect=upstream.connect_timeout,
-                sock_read=upstream.timeout,  # the head after sending, each chunk after that
-            ),
-            auto_decompress=False,
-            cookie_jar=DummyCookieJar(),
-            skip_auto_headers=_SKIP_AUTO_HEADERS,
-            trust_env=False,
-            raise_for_status=False,
-            max_field_size=MAX_UPSTREAM_FIELD_SIZE,
-            read_bufsize=2**16,
+    def _open(upstream: Upstream, role: Role) -> Pool:
+        return Pool(
+            upstream.name,
+            upstream.url,
+            limit=upstream.pool if role == "primary" else max(upstream.mirror.concurrency, 1),
+            timeout=upstream.timeout,
+            connect_timeout=upstream.connect_timeout,
         )
 
-    def session(self, upstream: Upstream, role: Role) -> ClientSession:
-        return self._sessions[(upstream.side, upstream.api, role)][1]
+    def pool(self, upstream: Upstream, role: Role) -> Pool:
+        return self._pools[(upstream.side, upstream.api, role)][1]
 
     def request(
         self,
@@ -180,21 +71,38 @@ class UpstreamClients:
         method: str,
         target: str,
         headers: CIMultiDict[str],
-        data: Any = None,
-    ) -> Call:
-        """One request: `async with clients.request(...) as response:`. The head must arrive
-        within the upstream's timeout and so must every chunk of the body after it (the
-        session's sock_read); waiting for a pooled connection and connecting are bounded too
-        (connect, sock_connect). The body is read by the caller inside the block."""
-        url = URL(upstream.url + target, encoded=True)
-        return Call(self.session(upstream, role), upstream, method, url, headers, data)
+        data: Body = None,
+        length: int | None = None,
+    ) -> Exchange:
+        """One request: `async with clients.request(...) as answer:`. The head must arrive
+        within the upstream's timeout and so must every chunk of the body after it; waiting
+        for a pooled connection and connecting are bounded too. The body is read by the caller
+        inside the block."""
+        return self._pools[(upstream.side, upstream.api, role)][1].request(
+            method, target, headers, data, length
+        )
+
+    def _sweep(self) -> None:
+        now = time.monotonic()
+        for _, pool in self._pools.values():
+            pool.sweep(now)
+        self._sweeper = asyncio.get_running_loop().call_later(SWEEP_EVERY, self._sweep)
+
+    def snapshot(self) -> dict[str, dict[str, int]]:
+        return {
+            f"{pool.name}/{role}": {"open": pool.open, "idle": len(pool.idle)}
+            for (_, _, role), (_, pool) in self._pools.items()
+        }
 
     async def close(self) -> None:
-        sessions = [session for _, session in self._sessions.values()]
-        self._sessions.clear()
-        await close_sessions(sessions)
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            self._sweeper = None
+        pools = [pool for _, pool in self._pools.values()]
+        self._pools.clear()
+        close_pools(pools)
 
 
-async def close_sessions(sessions: list[ClientSession]) -> None:
-    if sessions:
-        await asyncio.gather(*(s.close() for s in sessions), return_exceptions=True)
+def close_pools(pools: list[Pool]) -> None:
+    for pool in pools:
+        pool.close()

@@ -1,0 +1,37 @@
+"""What both halves of the HTTP/1.1 layer share: header blocks and reason phrases."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from http import HTTPStatus
+from typing import Final
+
+REASONS: Final[dict[int, str]] = {s.value: s.phrase for s in HTTPStatus}
+#: methods whose requests have a body even when it is empty (RFC 9110 §8.6: send CL 0)
+BODY_METHODS: Final = frozenset({"POST", "PUT", "PATCH"})
+
+
+class HeaderInjection(ValueError):
+    """A header name or value would break the message's framing (CR, LF or NUL in it)."""
+
+
+def reason_for(status: int) -> str:
+    return REASONS.get(status, "Unknown")
+
+
+def head_bytes(start_line: str, headers: Iterable[tuple[str, str]], extra: str = "") -> bytes:
+    """A message head: start line, headers, `extra` (already formatted lines), blank line.
+
+    Every value crossed a trust boundary (a client, a platform, a translation), so a CR, LF or
+    NUL anywhere is refused rather than written: it would let a value start a header of its own.
+    """
+    lines = [start_line]
+    for name, value in headers:
+        if "\r" in value or "\n" in value or "\x00" in value or ":" in name or "\n" in name:
+            raise HeaderInjection(f"header {name!r} holds a line break or NUL")
+        lines.append(f"{name}: {value}")
+    text = "\r\n".join(lines) + "\r\n" + extra + "\r\n"
+    try:
+        return text.encode("latin-1")
+    except UnicodeEncodeError:  # a configured value beyond latin-1: send its UTF-8 bytes
+        return text.encode("utf-8")
