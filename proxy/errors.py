@@ -1,5 +1,5 @@
 """cutover's exception tree. Low-level errors are mapped into it in one place each
-(`proxy.upstream.map_client_errors` for the network), and one boundary turns them into answers.
+(`proxy.http1.client` for the network), and one boundary turns them into answers.
 
     CutoverError
     ├── ConfigError                 routes.yaml cannot run (proxy.config.load)

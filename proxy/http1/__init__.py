@@ -13,5 +13,5 @@ matter.
                 Responder, the two things a handler sees
     client.py   Pool per (upstream, role): bounded keep-alive connections; Answer, the response a
                 caller reads; errors mapped to proxy.errors' Upstream* in this module only
-    wire.py     what both halves share: header blocks, framing, reason phrases
+    wire.py     what both halves share: message heads, reason phrases, write flow control
 """

@@ -43,7 +43,7 @@ from proxy.errors import (
     UpstreamRefused,
     UpstreamTimeout,
 )
-from proxy.http1.wire import BODY_METHODS, HeaderInjection, head_bytes
+from proxy.http1.wire import BODY_METHODS, HeaderInjection, WriteFlow, head_bytes
 
 Body = bytes | AsyncIterable[bytes] | None
 
@@ -190,7 +190,7 @@ class Answer:
         conn.pool.release(conn, self.complete and self.keep_alive and self._error is None)
 
 
-class _Conn(asyncio.Protocol):
+class _Conn(WriteFlow):
     """One keep-alive connection to a platform; it carries one exchange at a time."""
 
     def __init__(self, pool: Pool) -> None:
@@ -213,8 +213,6 @@ class _Conn(asyncio.Protocol):
         self._status = 0
         self._close_delimited = False
         self._reading_paused = False
-        self._writing_paused = False
-        self._drained: asyncio.Future[None] | None = None
 
     # -- transport events -----------------------------------------------------------------------
 
@@ -258,19 +256,8 @@ class _Conn(asyncio.Protocol):
                 answer._finish()
             else:
                 answer._fail(UpstreamConnectError(self.pool.name, "connection closed mid-body"))
-        drained = self._drained
-        if drained is not None and not drained.done():
-            drained.set_exception(UpstreamConnectError(self.pool.name, "connection closed"))
+        self._drain_failed(UpstreamConnectError(self.pool.name, "connection closed"))
         self.pool.lost(self)
-
-    def pause_writing(self) -> None:
-        self._writing_paused = True
-
-    def resume_writing(self) -> None:
-        self._writing_paused = False
-        drained = self._drained
-        if drained is not None and not drained.done():
-            drained.set_result(None)
 
     # -- parser callbacks (httptools) ------------------------------------------------------------
 
@@ -560,9 +547,6 @@ class Pool:
             self._slot_freed()
             raise
         conn.reused = False
-        if self.closing:  # shut down while connecting
-            self._discard(conn)
-            raise UpstreamConnectError(self.name, "shutting down")
         return conn
 
     def release(self, conn: _Conn, reusable: bool) -> None:
@@ -608,15 +592,12 @@ class Pool:
             self._discard(conn)
 
     def close(self) -> None:
-        """No more reuse; idle connections closed now, busy ones when they are released."""
+        """No more keeping: idle connections are closed now, busy ones when released. Requests
+        already routed here (a reload swapped the pool out under them) still go through."""
         self.closing = True
-        for conn in self.idle:
+        idle, self.idle = self.idle, []
+        for conn in idle:
             self._discard(conn)
-        self.idle.clear()
-        while self._waiters:
-            waiter = self._waiters.popleft()
-            if not waiter.done():
-                waiter.set_exception(UpstreamConnectError(self.name, "shutting down"))
 
 
 def _replayable(method: str, headers: CIMultiDict[str], body: Body) -> bool:

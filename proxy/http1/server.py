@@ -43,7 +43,7 @@ import structlog
 from multidict import CIMultiDict
 
 from proxy.errors import BadRequest, ClientGone, PayloadTooLarge, RequestRejected
-from proxy.http1.wire import HeaderInjection, head_bytes, reason_for
+from proxy.http1.wire import HeaderInjection, WriteFlow, head_bytes, reason_for
 
 log = structlog.get_logger("cutover.http")
 
@@ -111,6 +111,7 @@ class _Body:
             self.fail(PayloadTooLarge(f"bodies are limited to {limit} bytes"))
             self.chunks.clear()
             self.size = 0
+            self._conn.closing = True  # the rest of it is not worth reading
             self._conn.pause("body")
             return
         self.chunks.append(chunk)
@@ -357,7 +358,7 @@ class _HeadTooLarge(Exception):
     pass
 
 
-class _Connection(asyncio.Protocol):
+class _Connection(WriteFlow):
     """One client connection: parses, queues, hands requests to the handler in order."""
 
     def __init__(self, server: HttpServer) -> None:
@@ -375,8 +376,6 @@ class _Connection(asyncio.Protocol):
         self.current: Request | None = None
         self._queue: deque[Request] = deque()
         self._paused: set[str] = set()
-        self._writing_paused = False
-        self._drained: asyncio.Future[None] | None = None
         # deadlines, checked by HttpServer's sweep (None: not in that state)
         self.head_since: float | None = None
         self.idle_since: float | None = None
@@ -389,6 +388,7 @@ class _Connection(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports are not asyncio.Transport subclasses, but have its methods
         self.transport = cast("asyncio.Transport", transport)
+        transport = self.transport
         server = self.server
         if len(server.connections) >= self.limits.max_connections:
             server.refused["connections"] += 1
@@ -422,7 +422,6 @@ class _Connection(asyncio.Protocol):
                 log.error("http_callback_failed", error=repr(cause))
                 self._refuse(BadRequest("the request could not be read"))
         except httptools.HttpParserError as exc:
-            self.server.refused["malformed"] += 1
             self._refuse(BadRequest(f"malformed request: {exc}"))
 
     def eof_received(self) -> bool:
@@ -439,18 +438,7 @@ class _Connection(asyncio.Protocol):
         for request in (self._parsing, self.current, *self._queue):
             if request is not None:
                 request._body.fail(ClientGone())
-        drained = self._drained
-        if drained is not None and not drained.done():
-            drained.set_exception(ClientGone())
-
-    def pause_writing(self) -> None:
-        self._writing_paused = True
-
-    def resume_writing(self) -> None:
-        self._writing_paused = False
-        drained = self._drained
-        if drained is not None and not drained.done():
-            drained.set_result(None)
+        self._drain_failed(ClientGone())
 
     # -- parser callbacks (httptools) -------------------------------------------------------------
 
@@ -482,6 +470,8 @@ class _Connection(asyncio.Protocol):
     def on_headers_complete(self) -> None:
         parser = self._parser
         method = parser.get_method().decode("ascii")
+        if method == "CONNECT":
+            raise BadRequest("CONNECT is not proxied")
         headers: CIMultiDict[str] = CIMultiDict(
             [(n.decode("latin-1"), v.decode("latin-1")) for n, v in self._fields]
         )
@@ -584,10 +574,7 @@ class _Connection(asyncio.Protocol):
         and close."""
         self.closing = True
         self.pause("refused")
-        if isinstance(error, HeadersTooLarge):
-            self.server.refused["headers"] += 1
-        elif isinstance(error, PayloadTooLarge):
-            self.server.refused["body"] += 1
+        self.server.refused[_REFUSAL_COUNTER.get(type(error), "malformed")] += 1
         parsing = self._parsing
         if parsing is not None:
             parsing._body.fail(error)
@@ -610,7 +597,6 @@ class _Connection(asyncio.Protocol):
         """llhttp stops at a protocol switch. CONNECT is refused; an Upgrade offer on a normal
         request is declined by answering it as HTTP/1.1 and closing after."""
         if self._parser.get_method() == b"CONNECT":
-            self.server.refused["malformed"] += 1
             self._refuse(BadRequest("CONNECT is not proxied"))
             return
         self.closing = True
@@ -624,7 +610,6 @@ class _Connection(asyncio.Protocol):
             and now - self.head_since > limits.header_timeout
         ):
             if self._any_byte:
-                self.server.refused["slow_head"] += 1
                 self._refuse(
                     RequestTimeout(f"the request head took over {limits.header_timeout:g}s")
                 )
@@ -652,7 +637,10 @@ class _Connection(asyncio.Protocol):
             self.transport.write(data)
 
     async def drain(self) -> None:
-        if self.closed:
+        """Wait while the client's socket buffer is full; ClientGone once it is gone (a
+        transport closing under us stops taking writes before it reports the loss)."""
+        transport = self.transport
+        if self.closed or transport is None or transport.is_closing():
             raise ClientGone
         if not self._writing_paused:
             return
@@ -687,6 +675,14 @@ class _Connection(asyncio.Protocol):
     @property
     def idle(self) -> bool:
         return self.current is None and not self._queue and self._parsing is None
+
+
+#: which `HttpServer.refused` counter a refusal goes to (anything else: "malformed")
+_REFUSAL_COUNTER: Final[dict[type[RequestRejected], str]] = {
+    HeadersTooLarge: "headers",
+    PayloadTooLarge: "body",
+    RequestTimeout: "slow_head",
+}
 
 
 def _problem_headers() -> list[tuple[str, str]]:

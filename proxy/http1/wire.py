@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterable
 from http import HTTPStatus
 from typing import Final
@@ -35,3 +36,27 @@ def head_bytes(start_line: str, headers: Iterable[tuple[str, str]], extra: str =
         return text.encode("latin-1")
     except UnicodeEncodeError:  # a configured value beyond latin-1: send its UTF-8 bytes
         return text.encode("utf-8")
+
+
+class WriteFlow(asyncio.Protocol):
+    """Write-side flow control, as both kinds of connection need it: the transport says when
+    its buffer passed the high-water mark and when it drained again; a writer that must not
+    outrun its peer awaits `_drained` in between."""
+
+    _writing_paused = False
+    _drained: asyncio.Future[None] | None = None
+
+    def pause_writing(self) -> None:
+        self._writing_paused = True
+
+    def resume_writing(self) -> None:
+        self._writing_paused = False
+        drained = self._drained
+        if drained is not None and not drained.done():
+            drained.set_result(None)
+
+    def _drain_failed(self, error: BaseException) -> None:
+        """The connection is gone: a writer waiting for it to drain gets `error`."""
+        drained = self._drained
+        if drained is not None and not drained.done():
+            drained.set_exception(error)
