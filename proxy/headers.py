@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 
 from multidict import CIMultiDict, istr
 
@@ -112,11 +113,37 @@ def _names(headers: tuple[tuple[str, str], ...]) -> frozenset[str]:
     return names
 
 
+@dataclass(frozen=True, slots=True)
+class Forwarded:
+    """What a trusted proxy in front of cutover said about the request (server.trusted_proxies):
+    the client addresses it saw, and the scheme and host the client used."""
+
+    for_: str | None
+    proto: str | None
+    host: str | None
+
+    @classmethod
+    def of(cls, headers: Mapping[str, str]) -> Forwarded:
+        return cls(headers.get(_XFF), headers.get(_XFP), headers.get(_XFH))
+
+
 def add_forwarding(
-    headers: CIMultiDict[str], *, peer: str | None, proto: str, host: str | None, request_id: str
+    headers: CIMultiDict[str],
+    *,
+    peer: str | None,
+    proto: str,
+    host: str | None,
+    request_id: str,
+    trusted: Forwarded | None = None,
 ) -> None:
-    """X-Forwarded-* as cutover saw the request. The client's own X-Forwarded-For is replaced,
-    not extended: cutover does not trust what an untrusted peer says about its path."""
+    """X-Forwarded-* as cutover saw the request. From an untrusted peer the client's own
+    X-Forwarded-* are replaced, not extended: nothing it says about its path is believed.
+    From a trusted proxy (`trusted`), its list is kept and the proxy's address added to it."""
+    if trusted is not None:
+        if trusted.for_:
+            peer = f"{trusted.for_}, {peer}" if peer else trusted.for_
+        proto = trusted.proto or proto
+        host = trusted.host or host
     if peer:
         headers[_XFF] = peer
     headers[_XFP] = proto

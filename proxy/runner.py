@@ -83,6 +83,20 @@ class Running:
             await self.admin.cleanup()
 
 
+def limits_of(table: RouteTable) -> Limits:
+    spec = table.spec.server
+    return Limits(
+        max_body=spec.max_body,
+        max_header_bytes=spec.max_header_bytes,
+        max_headers=spec.max_headers,
+        max_connections=spec.max_connections,
+        max_in_flight=spec.max_in_flight,
+        header_timeout=spec.header_timeout,
+        body_timeout=spec.body_timeout,
+        keepalive_timeout=spec.keepalive_timeout,
+    )
+
+
 def instance_id(table: RouteTable) -> str:
     """Stable across restarts of the same instance (its diff log and fleet status keep their
     names): $CUTOVER_INSTANCE_ID, else host name and port."""
@@ -129,7 +143,8 @@ async def start(
     runner = web.AppRunner(app, handle_signals=False, access_log=None)
     await runner.setup()  # the parts start: pools, store, outbox worker, fleet link, ...
     host, port = split_host_port(table.spec.listen)
-    server = HttpServer(parts.proxy.handle, Limits())
+    server = HttpServer(parts.proxy.handle, limits_of(table))
+    parts.tables.on_swap(lambda old, new: server.set_limits(limits_of(new)))
     try:
         bound = await server.start(host, port, reuse_port=reuse_port or workers > 1)
     except OSError:

@@ -33,6 +33,7 @@ from proxy.errors import (
 from proxy.headers import (
     PLATFORM,
     REQUEST_ID,
+    Forwarded,
     add_forwarding,
     client_response_headers,
     connection_named,
@@ -239,12 +240,14 @@ class Proxy:
         headers = upstream_request_headers(
             request.headers.items(), named, upstream.headers, secondary=False
         )
+        trusted = Forwarded.of(request.headers) if table.trusts(request.peer) else None
         add_forwarding(
             headers,
             peer=request.peer,
             proto=request.scheme,
             host=request.headers.get("Host"),
             request_id=ex.request_id,
+            trusted=trusted,
         )
         journal = self.dual if decision.dual_write else None
         # a create on a route with ids is noted in the id map even without dual-write, so that
@@ -271,7 +274,7 @@ class Proxy:
             )
             headers["Idempotency-Key"] = intent.entry.primary_key
         pending = await self._start_shadow(
-            request, table, decision, resolved, named, path, query, ex
+            request, table, decision, resolved, named, trusted, path, query, ex
         )
         try:
             async with self.clients.request(
@@ -311,6 +314,7 @@ class Proxy:
         decision: Decision,
         resolved: Resolved,
         named: frozenset[str],
+        trusted: Forwarded | None,
         path: str,
         query: str,
         ex: Exchange,
@@ -324,6 +328,7 @@ class Proxy:
             peer=request.peer,
             proto=request.scheme,
             host=request.headers.get("Host"),
+            trusted=trusted,
         )
         return await self.shadowing.start(
             decision,

@@ -27,7 +27,13 @@ from multidict import CIMultiDict
 from proxy.config.table import Route, RouteTable, Upstream
 from proxy.dualwrite.model import OutboxEntry
 from proxy.errors import UpstreamError
-from proxy.headers import MIRROR, REQUEST_ID, add_forwarding, upstream_request_headers
+from proxy.headers import (
+    MIRROR,
+    REQUEST_ID,
+    Forwarded,
+    add_forwarding,
+    upstream_request_headers,
+)
 from proxy.mirror import MirrorDispatcher
 from proxy.observe import CustomerHasher
 from proxy.routing import Decision
@@ -95,6 +101,7 @@ class ClientHeaders:
     peer: str | None
     proto: str
     host: str | None
+    trusted: Forwarded | None = None
 
     def for_secondary(
         self, upstream: Upstream, route: Route, request_id: str, kind: str
@@ -102,7 +109,12 @@ class ClientHeaders:
         """Never the client's credentials; the platform's own; marked as a mirror copy."""
         headers = upstream_request_headers(self.items, self.named, upstream.headers, secondary=True)
         add_forwarding(
-            headers, peer=self.peer, proto=self.proto, host=self.host, request_id=request_id
+            headers,
+            peer=self.peer,
+            proto=self.proto,
+            host=self.host,
+            request_id=request_id,
+            trusted=self.trusted,
         )
         for name, value in route.spec.mirror_headers.items():
             headers[name] = value

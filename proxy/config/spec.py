@@ -9,6 +9,7 @@ this module; keep both in step.
 
 from __future__ import annotations
 
+import ipaddress
 from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, model_validator
@@ -370,10 +371,36 @@ class RollbackScope(Spec):
         return (self.route, self.channel, self.cohort)
 
 
+def _check_network(value: str) -> str:
+    try:
+        ipaddress.ip_network(value, strict=False)
+    except ValueError:
+        raise ValueError(
+            f"expected an IP address or network like 10.0.0.0/8 or ::1, got {value!r}"
+        ) from None
+    return value
+
+
+class ServerSpec(Spec):
+    """The data path's listener: its limits and deadlines (THREAT_MODEL.md says why each)."""
+
+    max_body: Size = 100 * 1024**2
+    max_header_bytes: Annotated[Size, Field(ge=1024, le=1024**2)] = 32 * 1024
+    max_headers: Annotated[int, Field(ge=8, le=10_000)] = 100
+    max_connections: Annotated[int, Field(ge=1, le=1_000_000)] = 10_000
+    max_in_flight: Annotated[int, Field(ge=1, le=1_000_000)] = 2048
+    header_timeout: Duration = 10.0
+    body_timeout: Duration = 30.0
+    keepalive_timeout: Duration = 60.0
+    # peers whose X-Forwarded-For (and -Proto, -Host) cutover extends rather than replaces
+    trusted_proxies: list[Annotated[str, AfterValidator(_check_network)]] = []
+
+
 class ConfigSpec(Spec):
     version: Literal[1]
     migration: Name
     listen: HostPort = "0.0.0.0:8080"
+    server: ServerSpec = ServerSpec()
     admin: AdminSpec = AdminSpec()
     store: Annotated[str, AfterValidator(_check_store)] = "sqlite:///./state/cutover.db"
     state_dir: str = "./state"  # small local state (the fleet's rollback flags, plan progress)

@@ -8,6 +8,7 @@ the rollback scopes as a set, the upstream headers as tuples.
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -28,6 +29,7 @@ from proxy.dualwrite.ids import IdRule
 from shadow.contract import Contract, RuleError, compile_contract
 from shadow.rules import CompareRules, compile_rules
 
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 RollbackKey = tuple[str | None, str | None, str | None]  # (route, channel, cohort); None = all
 WeightKey = tuple[str, str]  # (channel, cohort)
 
@@ -122,6 +124,7 @@ class RouteTable:
     routes: tuple[Route, ...]
     upstreams: Mapping[tuple[Side, str], Upstream]
     rollback: frozenset[RollbackKey]
+    trusted_proxies: tuple[IPNetwork, ...]
     _index: Mapping[str, tuple[Route, ...]] = field(repr=False)
     _by_name: Mapping[str, Route] = field(repr=False)
 
@@ -146,6 +149,16 @@ class RouteTable:
 
     def route(self, name: str) -> Route | None:
         return self._by_name.get(name)
+
+    def trusts(self, peer: str | None) -> bool:
+        """Whether `peer` is one of `server.trusted_proxies` (its forwarding headers count)."""
+        if not self.trusted_proxies or peer is None:
+            return False
+        try:
+            address = ipaddress.ip_address(peer)
+        except ValueError:
+            return False
+        return any(address in network for network in self.trusted_proxies)
 
     def upstream(self, side: Side, api: str) -> Upstream:
         return self.upstreams[(side, api)]
@@ -266,6 +279,9 @@ def build_table(
         routes=tuple(routes),
         upstreams=upstreams,
         rollback=frozenset(rollback),
+        trusted_proxies=tuple(
+            ipaddress.ip_network(n, strict=False) for n in spec.server.trusted_proxies
+        ),
         _index={k: tuple(v) for k, v in index.items()},
         _by_name={r.name: r for r in routes},
     )

@@ -60,6 +60,28 @@ async def test_forwards_to_the_primary_with_clean_headers(sims: Simulators, cuto
     assert sims.old_crm.requests()[-1].header("X-Request-ID") == created
 
 
+async def test_forwarding_headers_of_a_trusted_proxy_are_extended_not_replaced(
+    sims: Simulators, cutover, http
+):
+    """server.trusted_proxies: a load balancer's X-Forwarded-* are kept and its own address
+    added; an untrusted peer's are replaced (the test above)."""
+    doc = doc_for(sims)
+    doc["server"] = {"trusted_proxies": ["127.0.0.0/8"]}
+    proxy = await cutover(doc)
+    headers = {
+        "X-Customer-Id": "C-1010",
+        "X-Forwarded-For": "203.0.113.7, 10.1.2.3",
+        "X-Forwarded-Proto": "https",
+        "X-Forwarded-Host": "crm.example.com",
+    }
+    async with http.get(f"{proxy.url}/api/contacts/1010", headers=headers) as response:
+        assert response.status == 200
+    seen = sims.old_crm.requests()[-1]
+    assert seen.header("X-Forwarded-For") == "203.0.113.7, 10.1.2.3, 127.0.0.1"
+    assert seen.header("X-Forwarded-Proto") == "https"
+    assert seen.header("X-Forwarded-Host") == "crm.example.com"
+
+
 async def test_response_hop_by_hop_headers_are_removed(cutover, http, tmp_path):
     """What the upstream's Connection header names never reaches the client."""
 

@@ -53,7 +53,9 @@ class Fleet:
         return len(online) >= len([m for m in self.members if m.proc and m.proc.poll() is None])
 
     async def cli(self, *args: str) -> tuple[int, str, str]:
-        result = await asyncio.to_thread(self.members[0].cli, *args, "--fleet")
+        """`cutover ... --fleet`, allowed 20 s to confirm: these tests pin that the fleet
+        converges, on a CI machine that may be busy; how fast it does is bench/rollback.py's."""
+        result = await asyncio.to_thread(self.members[0].cli, *args, "--fleet", "--timeout", "20")
         return result.returncode, result.stdout, result.stderr
 
 

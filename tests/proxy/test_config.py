@@ -152,6 +152,21 @@ BAD_CASES: list[tuple[str, Any, str]] = [
     ),
     ("version 2", lambda d: d.update(version=2), "version: expected 1"),
     (
+        "trusted proxy not an address",
+        lambda d: d.update(server={"trusted_proxies": ["10.0.0.0/8", "lb.internal"]}),
+        "server.trusted_proxies[1]: expected an IP address or network",
+    ),
+    (
+        "header limit too small",
+        lambda d: d.update(server={"max_headers": 2}),
+        "server.max_headers: ",
+    ),
+    (
+        "server timeout not a duration",
+        lambda d: d.update(server={"header_timeout": "soon"}),
+        "server.header_timeout: expected a duration",
+    ),
+    (
         "channel also a cohort",
         lambda d: d["cohorts"].insert(0, {"name": "chat", "customers": ["x"]}),
         "cohorts[0].name: 'chat' is also a channel",
