@@ -7,7 +7,11 @@ Each upstream has one lane with three limits from routes.yaml (`platforms.*.*.mi
   max_wait     how long a job may wait for a slot; one that waited longer is dropped (`stale`)
 Past any limit a job is dropped and counted with its reason, at once: `submit` never waits, so
 the client's request never waits for the secondary. A job is a coroutine factory; the lane runs
-it under the supervisor, which owns and drains it at shutdown.
+it under the supervisor, which owns and drains it at shutdown. A job may return a follow-up (a
+shadow read's comparison, which waits for the primary's answer): the follow-up runs in the same
+task after the job's slot has gone to the next job, because it no longer uses the upstream.
+Holding the slot through it let a saturated primary starve the lane: 32 slots, each held for
+a primary's 15 ms under load, capped shadow reads at ~2 100/s and dropped 40 % of them.
 
 Each lane also has a circuit breaker. An upstream that cannot be reached (refused, reset,
 timed out, garbage instead of HTTP) BREAKER_THRESHOLD times in a row gets no secondary work for
@@ -32,7 +36,8 @@ from proxy.supervisor import Supervisor
 
 log = structlog.get_logger("cutover.mirror")
 
-Job = Callable[[], Awaitable[None]]
+FollowUp = Callable[[], Awaitable[None]]
+Job = Callable[[], Awaitable[FollowUp | None]]
 DropReason = Literal["queue_full", "rate", "closed", "circuit_open", "stale"]
 
 BREAKER_THRESHOLD = 5  # consecutive failures that open the circuit
@@ -178,14 +183,20 @@ class Lane:
         self._supervisor.spawn(self._run(job), name=f"mirror:{self.name}")
 
     async def _run(self, job: Job) -> None:
+        follow_up = None
         try:
-            await job()
+            follow_up = await job()
         except Exception:  # a secondary's failure must never surface anywhere but here
             log.exception("mirror_job_failed", upstream=self.name)
         finally:
             self.in_flight -= 1
             if not self._supervisor.closing:
                 self._next()
+        if follow_up is not None:
+            try:
+                await follow_up()
+            except Exception:
+                log.exception("mirror_follow_up_failed", upstream=self.name)
 
     def _next(self) -> None:
         """Start the oldest waiting job that is still fresh; drop the stale ones before it."""

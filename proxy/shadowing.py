@@ -34,7 +34,7 @@ from proxy.headers import (
     add_forwarding,
     upstream_request_headers,
 )
-from proxy.mirror import MirrorDispatcher
+from proxy.mirror import FollowUp, MirrorDispatcher
 from proxy.observe import CustomerHasher
 from proxy.routing import Decision
 from proxy.telemetry import Telemetry
@@ -389,14 +389,24 @@ class _Exchange:
     secondary_target: str
     primary_target: str
 
-    async def run(self) -> None:
+    async def run(self) -> FollowUp:
+        """The candidate request (in the lane's slot); then, outside it, the comparison."""
         route = self.decision.route
-        sh = self.shadowing
         target = self.secondary_target
         headers = self.client.for_secondary(self.secondary, route, self.request_id, "shadow")
-        candidate = await sh.fetch(
+        candidate = await self.shadowing.fetch(
             self.secondary, self.method, target, headers, route.rules.max_body
         )
+
+        async def follow_up() -> None:
+            await self.judge(candidate)
+
+        return follow_up
+
+    async def judge(self, candidate: Answer) -> None:
+        """Wait for the control (the client's answer), compare, count, record."""
+        route = self.decision.route
+        sh = self.shadowing
         control = await self.pending.future
         if control is None:
             sh.stats.count(self.cell, "aborted")

@@ -116,7 +116,7 @@ class Spec(BaseModel):
 class MirrorLimits(Spec):
     """Budget for secondary (shadow and dual-write) traffic sent to one upstream."""
 
-    concurrency: Annotated[int, Field(ge=1, le=10_000)] = 32
+    concurrency: Annotated[int, Field(ge=1, le=10_000)] = 128
     queue: Annotated[int, Field(ge=0, le=1_000_000)] = 1000
     rate: Annotated[float, Field(ge=0)] = 0  # requests/s; 0 means no rate budget
     # a shadow read that waited longer than this would compare answers of different moments
