@@ -11,6 +11,7 @@ from typing import Any
 
 import aiohttp
 import pytest
+from ruamel.yaml import YAML
 
 from proxy.config import parse_config
 from proxy.control.console import CSP, load_static
@@ -294,3 +295,25 @@ async def test_changes_and_fleet_say_who_why_and_whether_the_file_rules(console,
     assert fleet["converged"] is False
     assert fleet["self"]["file_in_sync"] is False
     assert fleet["self"]["version"] == control.table.version, "the running table stays"
+
+
+async def test_the_openapi_document_names_every_path_the_admin_listener_serves(console, http):
+    running, admin = console
+    assert running.admin is not None
+    served = {
+        route.resource.canonical
+        for route in running.admin.app.router.routes()
+        if route.resource is not None and route.method != "HEAD"
+    }
+    spec = YAML(typ="safe").load(
+        await (await http.get(admin + "/admin/openapi.yaml", headers=AUTH)).text()
+    )
+    assert served <= set(spec["paths"]), (
+        f"not in openapi.yaml: {sorted(served - set(spec['paths']))}"
+    )
+    public = {
+        path
+        for path, ops in spec["paths"].items()
+        if any(op.get("security") == [] for op in ops.values())
+    }
+    assert public == {"/", "/console", "/console/", "/console/{name}", "/healthz", "/readyz"}

@@ -115,7 +115,13 @@ async def focus_in_dialog(page: Page) -> bool:
 async def test_operator_signs_in_moves_a_weight_rolls_back_and_reads_the_audit(
     sims: Simulators, cutover, http, browser_page, tmp_path: Path
 ):
-    proxy = await cutover(demo_doc(sims), ids=sims)
+    doc = demo_doc(sims)
+    attachments = doc["routes"][2]
+    assert attachments["name"] == "attachments"
+    attachments["plan"] = {
+        "steps": [{"weights": {"default": 0}}, {"weights": {"default": 0, "web": 5}}]
+    }
+    proxy = await cutover(doc, ids=sims)
     page = browser_page
     shots = shots_dir(tmp_path)
     stop = asyncio.Event()
@@ -243,6 +249,19 @@ async def _scenario(page: Page, proxy: CutoverProcess, http: aiohttp.ClientSessi
     await page.wait_for_selector(".banner", state="detached")
     assert await platform_of(http, proxy, EMAIL_CUSTOMER, "email") == "new"
     assert await page.inner_text("#brake") == "Roll back everything"
+
+    # --- a phased plan, one step on ---------------------------------------------------------
+    await page.click(".tabs a[data-view=overview]")
+    plan = page.locator('section.route[data-route="attachments"] .plan')
+    assert "Plan step 1 of 2" in await plan.inner_text()
+    await page.click('[data-key="advance|attachments"]')
+    await page.fill("#advance-reason", "pilot looks good")
+    await page.click("dialog button[type=submit]")
+    await page.wait_for_selector('[data-key="advance|attachments"]', state="detached")
+    assert "Plan step 2 of 2" in await plan.inner_text()
+    assert (
+        await page.get_attribute('[data-key="cell|attachments|web|everyone"]', "data-weight") == "5"
+    )
 
     # --- the fleet: this instance, converged ---------------------------------------------------
     await page.click(".tabs a[data-view=fleet]")

@@ -3,7 +3,7 @@
 
 import { api, ApiError, session, whenUnauthorized } from "./api.js";
 import * as audit from "./audit.js";
-import { closeDialog } from "./dialog.js";
+import { closeDialog, dismissToast } from "./dialog.js";
 import * as diffs from "./diffs.js";
 import { $, clear, clock, h, setText } from "./dom.js";
 import * as fleet from "./fleet.js";
@@ -206,7 +206,10 @@ function boot() {
   $("#login-form").addEventListener("submit", signIn);
   $("#sign-out").addEventListener("click", signOut);
   $("#brake").addEventListener("click", () => latest.state && overview.rollbackDialog({}, latest.state));
-  window.addEventListener("hashchange", () => showView(true));
+  window.addEventListener("hashchange", () => {
+    dismissToast();
+    showView(true);
+  });
   document.addEventListener("visibilitychange", () => {
     if (!document.hidden && running) refreshNow();
   });

@@ -154,3 +154,9 @@ export function announce(message, tone = "ok") {
     toast.className = "toast";
   }, 8000);
 }
+
+/** The toast is about the last action; a new view starts without it (the audit list keeps it). */
+export function dismissToast() {
+  clearTimeout(toastTimer);
+  $("#toast").className = "toast";
+}
