@@ -216,6 +216,8 @@ async def _scenario(page: Page, proxy: CutoverProcess, http: aiohttp.ClientSessi
     assert await page.evaluate("document.activeElement.textContent") == "Roll back everything"
     await page.keyboard.press("Enter")
     await page.wait_for_selector(".banner.bad:has-text('Everything is rolled back')")
+    lost = await page.evaluate("document.activeElement === document.body")
+    assert not lost, "the keyboard focus survives the brake (now disabled)"
     assert await page.inner_text("#brake") == "Everything is on old"
     assert await platform_of(http, proxy, EMAIL_CUSTOMER, "email") == "old"
     assert await platform_of(http, proxy, "C-1001", "chat") == "old"

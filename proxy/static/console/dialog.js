@@ -29,14 +29,24 @@ function trap(event) {
   }
 }
 
+function usable(element) {
+  return element && element.isConnected && !element.disabled && element.offsetParent !== null;
+}
+
+/** Back to the opener; when the action replaced it ("Roll back route" became "Resume route"),
+ * to its successor for the same scope; else to the start of the view. */
 function restoreFocus() {
   let target = opener;
-  if ((!target || !target.isConnected) && openerKey) {
+  if (!usable(target) && openerKey) {
     target = document.querySelector(`[data-key="${CSS.escape(openerKey)}"]`);
+    if (!usable(target)) {
+      const scope = openerKey.slice(openerKey.indexOf("|"));
+      target = [...document.querySelectorAll("[data-key]")].find((el) => el.dataset.key.endsWith(scope) && usable(el));
+    }
   }
   opener = null;
   openerKey = null;
-  if (target && target.isConnected) target.focus();
+  (usable(target) ? target : $("#main")).focus();
 }
 
 export function closeDialog() {

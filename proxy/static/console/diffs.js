@@ -26,6 +26,8 @@ let listSignature = "";
 let lastOpened = null;
 let loading = false;
 let shownHash = "";
+let loadedAt = 0;
+const LIST_EVERY_MS = 5000;
 
 export function setup(stateGetter) {
   getState = stateGetter;
@@ -111,12 +113,15 @@ export function show(state, hash) {
 
 /** The polling beat: a list on screen is refreshed (only redrawn when it changed). */
 export function tick() {
-  if (shownHash.replace(/^#/, "") === "diffs" && location.hash.replace(/^#/, "") === "diffs") loadList(false);
+  const onList = shownHash.replace(/^#/, "") === "diffs" && location.hash.replace(/^#/, "") === "diffs";
+  // the diff log is read from disk on every call: every few seconds is live enough
+  if (onList && Date.now() - loadedAt >= LIST_EVERY_MS) loadList(false);
 }
 
 async function loadList(announceIt) {
   if (loading) return;
   loading = true;
+  loadedAt = Date.now();
   const summary = $("#diff-summary");
   const holder = $("#diff-list");
   try {
