@@ -18,6 +18,7 @@ from pathlib import Path
 
 import aiohttp
 import pytest
+from axe_playwright_python.async_playwright import Axe
 from playwright.async_api import ConsoleMessage, Page, ViewportSize, async_playwright
 from ruamel.yaml import YAML
 
@@ -100,6 +101,13 @@ async def span(page: Page) -> float:
     return float(value or 0)
 
 
+async def accessible(page: Page, what: str) -> None:
+    """axe-core's checks (WCAG 2 A/AA and best practices: names, labels, contrast, landmarks,
+    ARIA) find nothing on what the page shows now."""
+    results = await Axe().run(page)
+    assert results.violations_count == 0, f"{what}: {results.generate_report()}"
+
+
 async def active_key(page: Page) -> str | None:
     key = await page.evaluate("document.activeElement && document.activeElement.dataset.key")
     return str(key) if key is not None else None
@@ -140,6 +148,8 @@ async def test_operator_signs_in_moves_a_weight_rolls_back_and_reads_the_audit(
 async def _scenario(page: Page, proxy: CutoverProcess, http: aiohttp.ClientSession, shots: Path):
     # --- sign in: a wrong token is refused, the right one opens the console --------------------
     await page.goto(proxy.admin_url + "/console/")
+    await page.wait_for_selector("#login-token")
+    await accessible(page, "sign-in")
     await page.fill("#login-token", "not-the-token")
     await page.fill("#login-name", "alice")
     await page.press("#login-name", "Enter")
@@ -167,6 +177,7 @@ async def _scenario(page: Page, proxy: CutoverProcess, http: aiohttp.ClientSessi
     assert await focus_in_dialog(page)
     await page.fill("#weight-percent", "100")
     await page.fill("#weight-reason", "email wave 1")
+    await accessible(page, "the weight dialog")
     await page.screenshot(path=str(shots / "weight-dialog.png"))
     started = time.monotonic()
     await page.click("dialog button[type=submit]")
@@ -190,6 +201,7 @@ async def _scenario(page: Page, proxy: CutoverProcess, http: aiohttp.ClientSessi
         await wait_for(a_minute, timeout=120, what="a minute of chart history")
     await page.mouse.move(0, 0)
     await page.screenshot(path=str(shots / "overview.png"))
+    await accessible(page, "the overview")
 
     # --- keyboard: Escape cancels and returns focus; Tab stays in the dialog --------------------
     await cell.focus()
@@ -239,6 +251,7 @@ async def _scenario(page: Page, proxy: CutoverProcess, http: aiohttp.ClientSessi
     assert "alice (console)" in older and "weight" in older and "email wave 1" in older
     assert "0 % → 100 %" in older
     await page.screenshot(path=str(shots / "audit.png"))
+    await accessible(page, "the audit list with a rollback banner")
 
     # --- resume, keyboard only, from the banner ------------------------------------------------
     await page.focus(".banner button")
@@ -269,6 +282,7 @@ async def _scenario(page: Page, proxy: CutoverProcess, http: aiohttp.ClientSessi
     await page.click(".tabs a[data-view=fleet]")
     await page.wait_for_selector(".fleet-list tbody tr")
     assert "yes" in (await page.inner_text(".fleet-list tbody tr")).lower()
+    await accessible(page, "the fleet")
 
     # --- diffs: filter, open one exchange, redacted values stay redacted ----------------------
     await page.click(".tabs a[data-view=diffs]")
@@ -280,6 +294,7 @@ async def _scenario(page: Page, proxy: CutoverProcess, http: aiohttp.ClientSessi
     routes = await page.locator(".diff-list tbody tr td:nth-child(2)").all_inner_texts()
     assert routes and set(routes) == {"contacts"}
     await page.screenshot(path=str(shots / "diffs.png"))
+    await accessible(page, "the diff list")
     await page.click(".diff-list tbody tr:first-child a")
     await page.wait_for_selector(".side-by-side")
     assert (
@@ -292,6 +307,7 @@ async def _scenario(page: Page, proxy: CutoverProcess, http: aiohttp.ClientSessi
     text = await page.inner_text("main")
     assert not re.search(r"[\w.]+@example\.\w+", text), "an e-mail address in clear"
     await page.screenshot(path=str(shots / "diff.png"))
+    await accessible(page, "one exchange")
 
     # --- a phone-sized screen: nothing sideways, the brake in reach ----------------------------
     await page.set_viewport_size(PHONE)
@@ -303,6 +319,7 @@ async def _scenario(page: Page, proxy: CutoverProcess, http: aiohttp.ClientSessi
     assert box is not None and box["y"] + box["height"] <= PHONE["height"]
     assert box["width"] >= 300, "the brake spans the phone's width"
     await page.screenshot(path=str(shots / "phone.png"))
+    await accessible(page, "the overview on a phone")
     await cell.click()
     await page.wait_for_selector("dialog[open]")
     dialog_box = await page.locator("dialog").bounding_box()
