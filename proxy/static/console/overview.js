@@ -9,6 +9,7 @@ import { announce, openForm, reasonField } from "./dialog.js";
 import { $, clear, h, number, percent, scopeText, setText, svg } from "./dom.js";
 
 const views = new Map(); // route name -> {cells: Map, charts, header parts}
+const ARROWS = { ArrowUp: [-1, 0], ArrowDown: [1, 0], ArrowLeft: [0, -1], ArrowRight: [0, 1] };
 let shape = "";
 let refresh = async () => {};
 
@@ -251,12 +252,25 @@ function buildRoute(name, state, root) {
     }
     body.append(row);
   }
+  const table = h("table", { class: "grid" }, h("caption", { class: "sr-only" }, `${name}: percent of customers on the new platform by channel and cohort; arrow keys move between cells`), h("thead", {}, head), body);
+  table.addEventListener("keydown", (event) => {
+    const move = ARROWS[event.key];
+    const from = event.target.closest?.(".cell-btn");
+    if (!move || !from) return;
+    const channel = state.channels[state.channels.indexOf(from.dataset.channel) + move[0]];
+    const cohort = state.cohorts[state.cohorts.indexOf(from.dataset.cohort) + move[1]];
+    const to = cells.get(`${channel}|${cohort}`);
+    if (to) {
+      event.preventDefault();
+      to.button.focus();
+    }
+  });
   const section = h(
     "section",
     { class: "route card", "aria-labelledby": titleId, dataset: { route: name } },
     h("header", { class: "route-head" }, h("div", { class: "route-title" }, h("h2", { id: titleId }, name), badge), meta, plan, actions),
     h("div", { class: "figures" }, rate.figure, match.figure, latency.figure),
-    h("div", { class: "grid-wrap" }, h("table", { class: "grid" }, h("caption", { class: "sr-only" }, `${name}: percent of customers on the new platform by channel and cohort`), h("thead", {}, head), body)),
+    h("div", { class: "grid-wrap" }, table),
   );
   root.append(section);
   views.set(name, { section, meta, badge, plan, actions, rate, match, latency, cells });
