@@ -229,6 +229,7 @@ async def _scenario(page: Page, proxy: CutoverProcess, http: aiohttp.ClientSessi
     await page.keyboard.press("Enter")
     await page.wait_for_selector("dialog[open] #rollback-reason")
     await page.keyboard.type("wait times up")
+    await page.screenshot(path=str(shots / "brake-dialog.png"))
     await page.keyboard.press("Tab")  # Cancel
     await page.keyboard.press("Tab")  # Roll back everything
     assert await page.evaluate("document.activeElement.textContent") == "Roll back everything"

@@ -16,6 +16,7 @@ let latest = { state: null, figures: null };
 let timer = null;
 let running = false;
 let failures = 0;
+let generation = 0;
 
 // --- sign-in -----------------------------------------------------------------------------------
 
@@ -90,11 +91,12 @@ function refreshView(name = currentView()) {
 
 // --- polling -----------------------------------------------------------------------------------
 
-async function poll() {
+async function poll(mine) {
   const [state, figures] = await Promise.all([
     api("GET", "/admin/state"),
     api("GET", "/admin/figures?window=300").catch(() => null),
   ]);
+  if (mine !== generation) return; // a newer refresh started meanwhile: its answer wins
   latest = { state, figures };
   failures = 0;
   drawShared(state);
@@ -105,9 +107,10 @@ async function poll() {
 
 /** Fetch now (after an action, so its effect shows at once), then on the usual beat. */
 export async function refreshNow() {
+  const mine = ++generation; // an action's refresh overtakes the beat's: one loop, never two
   clearTimeout(timer);
   try {
-    await poll();
+    await poll(mine);
   } catch (problem) {
     failures += 1;
     if (problem instanceof ApiError && problem.status === 401) return;
@@ -118,7 +121,7 @@ export async function refreshNow() {
   if (name === "audit") audit.refresh();
   else if (name === "fleet") fleet.refresh();
   else if (name === "diffs") diffs.tick(latest.state);
-  if (running) timer = setTimeout(refreshNow, document.hidden ? STATE_EVERY_MS * 5 : STATE_EVERY_MS * Math.min(1 + failures, 5));
+  if (running && mine === generation) timer = setTimeout(refreshNow, document.hidden ? STATE_EVERY_MS * 5 : STATE_EVERY_MS * Math.min(1 + failures, 5));
 }
 
 function start() {
