@@ -73,6 +73,7 @@ cutover demo is running.
 
   cutover      {base}          (routes: {config})
   admin API    http://127.0.0.1:8081 (loopback, no token in the demo)
+  console      http://127.0.0.1:8081/console/ (sign in with an empty token and your name)
   old platform http://127.0.0.1:9001 (crm)  http://127.0.0.1:9002 (ticketing)
   new platform http://127.0.0.1:9101 (crm)  http://127.0.0.1:9102 (ticketing)
 

@@ -223,3 +223,34 @@ async def test_shift_and_publish_reach_every_instance(fleet: Fleet, http):
     view = orjson.loads(out)
     assert view["converged"] is True
     assert {i["version"] for i in view["instances"]} == {view["config_version"]}
+
+
+async def test_the_console_sees_the_fleet_converge_on_a_fleet_rollback(fleet: Fleet, http):
+    """What the console's Fleet view, banner and audit list read from one instance."""
+    members = await fleet.start(2)
+    first = members[0]
+    code, _, err = await fleet.cli(
+        "rollback", "--route", "contacts", "--reason", "wait times up", "--by", "carol"
+    )
+    assert code == 0, err
+
+    async def fleet_view() -> Any:
+        async with http.get(first.admin_url + "/admin/fleet", headers=first.admin_headers) as r:
+            assert r.status == 200
+            view = await r.json()
+        return view if view["rollback_scopes"] and view["converged"] else None
+
+    view = await wait_for(fleet_view, what="the fleet view to show the rollback, converged")
+    assert view["mode"] == "fleet"
+    online = [i for i in view["instances"] if i["status"] == "online"]
+    assert len(online) == 2 and all(i["converged"] for i in online)
+    assert view["self"]["version"] in {i["version"] for i in online}
+    assert view["config_version"] is None, "no config published: each runs its own file"
+    async with http.get(first.admin_url + "/admin/state", headers=first.admin_headers) as r:
+        state = await r.json()
+    assert [s["route"] for s in state["rollback"]["fleet"]["scopes"]] == ["contacts"]
+    assert state["routes"]["contacts"]["rolled_back"], "the grid shows the cells held"
+    async with http.get(first.admin_url + "/admin/changes", headers=first.admin_headers) as r:
+        entries = (await r.json())["entries"]
+    fleet_entry = next(e for e in entries if e["action"] == "fleet rollback")
+    assert (fleet_entry["by"], fleet_entry["reason"]) == ("carol", "wait times up")

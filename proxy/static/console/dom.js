@@ -93,3 +93,18 @@ export function redacted(text) {
   });
   return out;
 }
+
+/** A list as a table in a card: `headers` are column titles, `rows` ready <tr> elements. */
+export function listTable(cls, caption, headers, rows) {
+  return h(
+    "div",
+    { class: "table-wrap card" },
+    h(
+      "table",
+      { class: `list ${cls}` },
+      h("caption", { class: "sr-only" }, caption),
+      h("thead", {}, h("tr", {}, headers.map((title) => h("th", { scope: "col" }, title)))),
+      h("tbody", {}, rows),
+    ),
+  );
+}
