@@ -7,6 +7,7 @@ cutover delete them.
 
 from __future__ import annotations
 
+import itertools
 import os
 import re
 from collections.abc import Iterable, Mapping
@@ -61,16 +62,26 @@ def connection_named(headers: Mapping[str, str]) -> frozenset[str]:
     return frozenset(part.strip().lower() for part in value.split(",") if part.strip())
 
 
-def new_request_id() -> str:
-    return os.urandom(12).hex()
+class RequestIds:
+    """X-Request-ID: the client's when it is a sane token (ids end up in logs), else a new one.
 
+    New ids are a random per-process prefix and a counter (24 hex digits, like 12 random
+    bytes): unique across a fleet without a getrandom syscall per request."""
 
-def request_id_of(headers: Mapping[str, str]) -> str:
-    """The client's X-Request-ID when it is a sane token, else a fresh one (ids end up in logs)."""
-    value = headers.get(REQUEST_ID)
-    if value is not None and _REQUEST_ID_OK.match(value):
-        return value
-    return new_request_id()
+    __slots__ = ("_next", "_prefix")
+
+    def __init__(self) -> None:
+        self._prefix = os.urandom(6).hex()
+        self._next = itertools.count(1).__next__
+
+    def new(self) -> str:
+        return f"{self._prefix}{self._next():012x}"
+
+    def of(self, headers: Mapping[str, str]) -> str:
+        value = headers.get(REQUEST_ID)
+        if value is not None and _REQUEST_ID_OK.match(value):
+            return value
+        return self.new()
 
 
 def upstream_request_headers(

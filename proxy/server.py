@@ -13,7 +13,6 @@ from __future__ import annotations
 import logging
 import random
 import time
-from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
@@ -34,10 +33,10 @@ from proxy.headers import (
     PLATFORM,
     REQUEST_ID,
     Forwarded,
+    RequestIds,
     add_forwarding,
     client_response_headers,
     connection_named,
-    request_id_of,
     upstream_request_headers,
 )
 from proxy.http1.client import Answer
@@ -106,20 +105,31 @@ class ReferenceElsewhere(RequestRejected):
     title = "Referenced record is on the other platform"
 
 
-@dataclass(slots=True)
 class Exchange:
     """What the access log and the secondary hand-off need to know about one request."""
 
-    request_id: str
-    method: str
-    path: str
-    started: float
-    route: Route | None = None
-    identity: Identity | None = None
-    platform: Side | None = None
-    status: int = 0
-    error: str | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
+    __slots__ = (
+        "error",
+        "identity",
+        "method",
+        "path",
+        "platform",
+        "request_id",
+        "route",
+        "started",
+        "status",
+    )
+
+    def __init__(self, request_id: str, method: str, path: str, started: float) -> None:
+        self.request_id = request_id
+        self.method = method
+        self.path = path
+        self.started = started
+        self.route: Route | None = None
+        self.identity: Identity | None = None
+        self.platform: Side | None = None
+        self.status = 0
+        self.error: str | None = None
 
 
 class Proxy:
@@ -148,11 +158,12 @@ class Proxy:
         self.dual = dual
         self.telemetry = telemetry
         self._random = random.Random()  # noqa: S311 - sampling the shadow share, not a secret
+        self._request_ids = RequestIds()
 
     async def handle(self, request: Request, respond: Responder) -> None:
         table = self.store.table
         ex = Exchange(
-            request_id_of(request.headers), request.method, request.path, time.monotonic()
+            self._request_ids.of(request.headers), request.method, request.path, time.monotonic()
         )
         try:
             await self._route(request, respond, table, ex)

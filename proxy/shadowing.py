@@ -59,36 +59,43 @@ class RecordSink(Protocol):
 
 
 class Capture:
-    """A tee of one answer's body: the sha256 of all of it, the bytes of up to `cap` of it."""
+    """A tee of one answer's body: up to `cap` bytes of it, and the sha256 of all of it once
+    it is larger than that (a body kept whole is hashed only if someone asks)."""
 
-    __slots__ = ("_hash", "_parts", "cap", "overflow", "size")
+    __slots__ = ("_hash", "_parts", "cap", "size")
 
     def __init__(self, cap: int) -> None:
         self.cap = cap
-        self._hash = hashlib.sha256()
+        self._hash: Any = None  # hashlib's sha256, from the moment the body overflows
         self._parts: list[bytes] = []
         self.size = 0
-        self.overflow = False
+
+    @property
+    def overflow(self) -> bool:
+        return self._hash is not None
 
     def feed(self, chunk: bytes) -> None:
-        self._hash.update(chunk)
         self.size += len(chunk)
-        if not self.overflow:
-            if self.size > self.cap:
-                self.overflow = True
-                self._parts.clear()
-            else:
-                self._parts.append(chunk)
+        if self._hash is not None:
+            self._hash.update(chunk)
+        elif self.size > self.cap:
+            self._hash = hashlib.sha256(b"".join(self._parts))
+            self._hash.update(chunk)
+            self._parts.clear()
+        else:
+            self._parts.append(chunk)
 
     def observation(self, status: int, headers: Mapping[str, str]) -> Observation:
-        lowered = {k.lower(): v for k, v in headers.items()}
+        """`headers` as the answer has them (a case-insensitive mapping: compare looks names
+        up in lower case)."""
+        whole = self._hash is None
         return Observation(
             status=status,
-            headers=lowered,
-            body=None if self.overflow else b"".join(self._parts),
-            body_sha256=self._hash.hexdigest(),
+            headers=headers,
+            body=b"".join(self._parts) if whole else None,
+            body_sha256="" if whole else self._hash.hexdigest(),
             body_size=self.size,
-            content_type=lowered.get("content-type", ""),
+            content_type=headers.get("content-type", ""),
         )
 
 
@@ -346,9 +353,7 @@ class Shadowing:
         except orjson.JSONDecodeError:
             return new, False
         body = orjson.dumps(await self.translator.answer_doc(route, "new", doc))
-        translated = replace(
-            new, body=body, body_sha256=hashlib.sha256(body).hexdigest(), body_size=len(body)
-        )
+        translated = replace(new, body=body, body_sha256="", body_size=len(body))
         return translated, True
 
     async def compare(

@@ -14,6 +14,7 @@ no contract has to translate the new side.
 
 from __future__ import annotations
 
+import hashlib
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -57,7 +58,7 @@ class Observation:
     status: int
     headers: Mapping[str, str]  # lower-case names
     body: bytes | None  # None when larger than max_body: then only the hash and size are known
-    body_sha256: str  # hex
+    body_sha256: str  # hex; may be "" when `body` is there (then it is computed when needed)
     body_size: int
     content_type: str = ""
 
@@ -120,7 +121,11 @@ def _kind(value: Any) -> str:
 
 def describe_body(observation: Observation) -> str:
     """`<123 bytes sha256:abcd1234…>`: what a difference says about a body it cannot show."""
-    return f"<{observation.body_size} bytes sha256:{observation.body_sha256[:8]}…>"
+    return f"<{observation.body_size} bytes sha256:{sha256_of(observation)[:8]}…>"
+
+
+def sha256_of(observation: Observation) -> str:
+    return observation.body_sha256 or hashlib.sha256(observation.body or b"").hexdigest()
 
 
 # --- the tree walk -----------------------------------------------------------------------------

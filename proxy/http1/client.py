@@ -270,18 +270,18 @@ class _Conn(WriteFlow):
 
     def on_status(self, reason: bytes) -> None:
         self._reason += reason
-        self._grow(len(reason))
+        self._head_size += len(reason)
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        self._fields.append((name, value))
-        self._grow(len(name) + len(value) + 4)
-        if len(self._fields) > MAX_HEAD_FIELDS:
-            raise UpstreamProtocolError(self.pool.name, f"more than {MAX_HEAD_FIELDS} headers")
-
-    def _grow(self, size: int) -> None:
-        self._head_size += size
-        if self._head_size > MAX_HEAD_BYTES:
-            raise UpstreamProtocolError(self.pool.name, f"answer head over {MAX_HEAD_BYTES} bytes")
+        # runs for every header of every answer: the checks are inline, not a call each
+        fields = self._fields
+        fields.append((name, value))
+        self._head_size += len(name) + len(value) + 4
+        if self._head_size > MAX_HEAD_BYTES or len(fields) > MAX_HEAD_FIELDS:
+            raise UpstreamProtocolError(
+                self.pool.name,
+                f"answer head over {MAX_HEAD_BYTES} bytes or {MAX_HEAD_FIELDS} fields",
+            )
 
     def on_headers_complete(self) -> None:
         parser = self._parser

@@ -452,20 +452,25 @@ class _Connection(WriteFlow):
 
     def on_url(self, url: bytes) -> None:
         self._url.append(url)
-        self._grow(len(url))
+        self._head_size += len(url)
+        if self._head_size > self.limits.max_header_bytes:
+            raise self._too_large()
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        self._fields.append((name, value))
-        self._grow(len(name) + len(value) + 4)
-        if len(self._fields) > self.limits.max_headers:
-            raise HeadersTooLarge(f"at most {self.limits.max_headers} header fields")
+        # runs for every header of every request: the checks are inline, not a call each
+        fields = self._fields
+        fields.append((name, value))
+        self._head_size += len(name) + len(value) + 4
+        if self._head_size > self.limits.max_header_bytes or len(fields) > self.limits.max_headers:
+            raise self._too_large()
 
-    def _grow(self, size: int) -> None:
-        self._head_size += size
-        if self._head_size > self.limits.max_header_bytes:
-            raise HeadersTooLarge(
-                f"the request line and headers are limited to {self.limits.max_header_bytes} bytes"
-            )
+    def _too_large(self) -> HeadersTooLarge:
+        limits = self.limits
+        if len(self._fields) > limits.max_headers:
+            return HeadersTooLarge(f"at most {limits.max_headers} header fields")
+        return HeadersTooLarge(
+            f"the request line and headers are limited to {limits.max_header_bytes} bytes"
+        )
 
     def on_headers_complete(self) -> None:
         parser = self._parser
