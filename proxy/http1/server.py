@@ -10,7 +10,8 @@ each as problem JSON with `Connection: close`:
 
     400  not HTTP/1.x as llhttp reads it in strict mode: conflicting Content-Length and
          Transfer-Encoding, duplicate Content-Length, obs-fold, bare LF, invalid characters in
-         the method, target or a header, a Transfer-Encoding other than `chunked`, CONNECT
+         the method, target or a header; a Transfer-Encoding other than `chunked`; CONNECT; a
+         target that is not a path (absolute-form `http://host/...`, `*`, a `#fragment`)
     408  the head not complete within `header_timeout` (a silent new connection is just closed)
     413  a declared Content-Length over `max_body`
     431  more than `max_headers` header fields, or a head over `max_header_bytes`
@@ -484,6 +485,10 @@ class _Connection(WriteFlow):
         if transfer is not None and transfer.strip().lower() != "chunked":
             raise BadRequest("Transfer-Encoding other than 'chunked' is not accepted")
         target = b"".join(self._url).decode("latin-1")
+        if not target.startswith("/") or "#" in target:
+            raise BadRequest(
+                "the request target must be a path (origin-form: no scheme, host or fragment)"
+            )
         request = Request(
             self, method, target, parser.get_http_version(), headers, parser.should_keep_alive()
         )

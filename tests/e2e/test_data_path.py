@@ -283,6 +283,13 @@ async def raw_exchange(port: int, data: bytes) -> bytes:
         b"GET /api/contacts HTTP/1.1\r\nHost: x\r\nX-Customer-Id: " + b"C" * 300 + b"\r\n\r\n",
         b"NOT HTTP AT ALL\r\n\r\n",
         b"POST /api/contacts HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+        b"POST /api/contacts HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\nContent-Length: 2\r\n\r\n{}",
+        b"GET /api/contacts HTTP/1.1\r\nHost: x\r\nX-Customer-Id: C-1\r\n C-2\r\n\r\n",
+        b"GET /api/contacts HTTP/1.1\r\nHost: x\r\nX-Cust\x01omer: C-1\r\n\r\n",
+        b"GET /api/contacts\x7f HTTP/1.1\r\nHost: x\r\n\r\n",
+        b"GET /api/contacts%5c..%5cadmin HTTP/1.1\r\nHost: x\r\n\r\n",
+        b"POST /api/contacts HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked, identity\r\n\r\n",
+        b"GET /api/contacts HTTP/1.1\nHost: x\n\n",
     ],
     ids=[
         "dotdot",
@@ -294,6 +301,13 @@ async def raw_exchange(port: int, data: bytes) -> bytes:
         "long-customer",
         "garbage",
         "cl-and-te",
+        "duplicate-cl",
+        "obs-fold",
+        "control-char-in-name",
+        "control-char-in-path",
+        "encoded-backslash",
+        "te-not-chunked",
+        "bare-lf",
     ],
 )
 async def test_malformed_requests_are_refused_and_never_forwarded(
@@ -302,7 +316,7 @@ async def test_malformed_requests_are_refused_and_never_forwarded(
     proxy = await cutover(doc_for(sims))
     answer = await raw_exchange(proxy.port, request_bytes)
     status = int(answer.split(b" ", 2)[1])
-    assert 400 <= status < 500, answer[:200]
+    assert status == 400, answer[:200]
     assert all(not app.requests() for app in sims)
     async with http.get(f"{proxy.url}/api/contacts/1001") as response:  # still serving
         assert response.status == 200

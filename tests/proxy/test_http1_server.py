@@ -193,6 +193,10 @@ async def test_streamed_answers_are_chunked_or_end_with_the_connection_for_http1
         b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: +3\r\n\r\nabc",
         b"CONNECT example.com:443 HTTP/1.1\r\nHost: example.com:443\r\n\r\n",
         b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03",
+        b"GET http://internal.example/admin HTTP/1.1\r\nHost: x\r\n\r\n",
+        b"OPTIONS * HTTP/1.1\r\nHost: x\r\n\r\n",
+        b"GET /echo#fragment HTTP/1.1\r\nHost: x\r\n\r\n",
+        b"GET /caf\xc3\xa9 HTTP/1.1\r\nHost: x\r\n\r\n",
     ],
     ids=[
         "cl-and-te",
@@ -206,6 +210,10 @@ async def test_streamed_answers_are_chunked_or_end_with_the_connection_for_http1
         "cl-with-sign",
         "connect",
         "tls-hello",
+        "absolute-form",
+        "asterisk-form",
+        "fragment",
+        "raw-utf8-in-path",
     ],
 )
 async def test_malformed_requests_get_400_and_never_reach_the_handler(serve, raw):
