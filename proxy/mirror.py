@@ -129,6 +129,7 @@ class Lane:
         self._bucket = TokenBucket(limits.rate, max(1.0, limits.rate))
         self._waiting: deque[tuple[float, Job]] = deque()
         self.breaker = Breaker()
+        self._task_name = f"mirror:{name}"
         self.in_flight = 0
         self.started = 0
         self.dropped: Counter[str] = Counter()
@@ -180,7 +181,7 @@ class Lane:
     def _start(self, job: Job) -> None:
         self.in_flight += 1
         self.started += 1
-        self._supervisor.spawn(self._run(job), name=f"mirror:{self.name}")
+        self._supervisor.spawn(self._run(job), name=self._task_name)
 
     async def _run(self, job: Job) -> None:
         follow_up = None

@@ -244,7 +244,11 @@ class Proxy:
         )
         ex.platform = primary = decision.primary
         upstream = table.upstream(primary, route.api)
-        target = await self.translator.path_on(route, primary, path, query, resolved)
+        translator = self.translator
+        if translator.looks_up_query(route, query):
+            target = await translator.path_on(route, primary, path, query, resolved)
+        else:
+            target = translator.path_now(route, primary, path, query, resolved)
         if target is None:  # affinity sends a one-sided record to its side; this cannot happen
             raise NoRoute(f"the record of {path} is not on the {primary} platform")
         named = connection_named(request.headers)

@@ -15,7 +15,7 @@ import hashlib
 import time
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any, Protocol
 from urllib.parse import parse_qsl
@@ -26,7 +26,7 @@ from multidict import CIMultiDict
 
 from proxy.config.table import Route, RouteTable, Upstream
 from proxy.dualwrite.model import OutboxEntry
-from proxy.errors import UpstreamError
+from proxy.errors import UpstreamError, UpstreamTimeout
 from proxy.headers import (
     MIRROR,
     REQUEST_ID,
@@ -34,6 +34,7 @@ from proxy.headers import (
     add_forwarding,
     upstream_request_headers,
 )
+from proxy.http1.client import Answer as ClientAnswer
 from proxy.mirror import FollowUp, MirrorDispatcher
 from proxy.observe import CustomerHasher
 from proxy.routing import Decision
@@ -138,15 +139,15 @@ class Answer:
     error: str | None = None  # the UpstreamError kind when the side failed
 
 
-@dataclass(slots=True)
 class Pending:
     """The handler's half of a shadow job: it hands over the primary's answer when relayed."""
 
-    future: asyncio.Future[Answer | None] = field(
-        default_factory=lambda: asyncio.get_running_loop().create_future()
-    )
-    capture: Capture | None = None
-    started: float = field(default_factory=time.monotonic)
+    __slots__ = ("capture", "future", "started")
+
+    def __init__(self, capture: Capture | None) -> None:
+        self.future: asyncio.Future[Answer | None] = asyncio.get_running_loop().create_future()
+        self.capture = capture
+        self.started = time.monotonic()
 
     def primary_done(self, status: int, headers: Mapping[str, str]) -> None:
         if not self.future.done() and self.capture is not None:
@@ -164,6 +165,14 @@ class Pending:
             self.future.set_result(None)
 
 
+async def _tee(answer: ClientAnswer, capture: Capture, upstream: Upstream, deadline: float) -> None:
+    """The body of an answer that did not arrive in one read, by `deadline` (monotonic)."""
+    async for chunk in answer.chunks():
+        capture.feed(chunk)
+        if time.monotonic() > deadline:
+            raise UpstreamTimeout(upstream.name, "the answer's body took over twice the timeout")
+
+
 def mask_query(query: str) -> str:
     """Query values can be personal data (a searched e-mail): keep the names, mask the values."""
     if not query:
@@ -171,8 +180,26 @@ def mask_query(query: str) -> str:
     return "&".join(f"{name}=***" for name, _ in parse_qsl(query, keep_blank_values=True))
 
 
-def _iso_now() -> str:
-    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+class _Clock:
+    """ISO 8601 UTC timestamps with milliseconds, for one diff record per compared read: the
+    date and time to the second are formatted once a second, not once a record."""
+
+    __slots__ = ("_prefix", "_second")
+
+    def __init__(self) -> None:
+        self._second = -1
+        self._prefix = ""
+
+    def now(self) -> str:
+        now = time.time()
+        second = int(now)
+        if second != self._second:
+            self._second = second
+            self._prefix = datetime.fromtimestamp(second, UTC).strftime("%Y-%m-%dT%H:%M:%S")
+        return f"{self._prefix}.{int((now - second) * 1000):03d}Z"
+
+
+_iso_now = _Clock().now
 
 
 class Shadowing:
@@ -289,14 +316,21 @@ class Shadowing:
         route = decision.route
         identity = decision.identity
         cell: Cell = (route.name, identity.channel, identity.cohort)
-        targets = (
-            await self.translator.path_on(route, secondary.side, path, query, resolved),
-            await self.translator.path_on(route, primary.side, path, query, resolved),
-        )
+        translator = self.translator
+        if translator.looks_up_query(route, query):
+            targets = (
+                await translator.path_on(route, secondary.side, path, query, resolved),
+                await translator.path_on(route, primary.side, path, query, resolved),
+            )
+        else:
+            targets = (
+                translator.path_now(route, secondary.side, path, query, resolved),
+                translator.path_now(route, primary.side, path, query, resolved),
+            )
         if targets[0] is None or targets[1] is None:
             self.stats.dropped(cell, "one_sided_record")  # nothing to compare it with
             return None
-        pending = Pending(capture=Capture(route.rules.max_body))
+        pending = Pending(Capture(route.rules.max_body))
         exchange = _Exchange(
             shadowing=self,
             decision=decision,
@@ -327,13 +361,14 @@ class Shadowing:
         started = time.monotonic()
         capture = Capture(cap)
         try:
-            async with asyncio.timeout(upstream.timeout * 2):
-                async with self.clients.request(
-                    upstream, "secondary", method, target, headers
-                ) as r:
-                    async for chunk in r.chunks():
-                        capture.feed(chunk)
-                    observation = capture.observation(r.status, r.headers)
+            # the head and each chunk are bounded by the upstream's timeout (the pool's); the
+            # whole body by twice that, checked between chunks
+            async with self.clients.request(upstream, "secondary", method, target, headers) as r:
+                if r.complete:  # the usual case: the answer came in one read
+                    capture.feed(await r.read())
+                else:
+                    await _tee(r, capture, upstream, started + upstream.timeout * 2)
+                observation = capture.observation(r.status, r.headers)
         except TimeoutError:
             self.dispatcher.report(upstream.name, reachable=False)
             return Answer(None, (time.monotonic() - started) * 1000, "upstream-timeout")

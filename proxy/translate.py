@@ -93,14 +93,26 @@ class Translator:
         """The request target on `side`; None when the record is known not to exist there.
         Ids in the path and in `ids.query` parameters become `side`'s ids where the map knows
         them (an unknown one is passed as it is: the platform answers for it)."""
+        if self.looks_up_query(route, query):
+            assert route.ids is not None
+            query = await self._query_ids(route.ids.query, side, query)
+        return self.path_now(route, side, path, query, resolved)
+
+    def looks_up_query(self, route: Route, query: str) -> bool:
+        """Whether `path_on` must ask the id map about query parameters (else `path_now`
+        gives the same answer without a coroutine: the hot path takes that shortcut)."""
+        rule = route.ids
+        return bool(query) and rule is not None and bool(rule.query) and self.idmap is not None
+
+    def path_now(
+        self, route: Route, side: Side, path: str, query: str, resolved: Resolved
+    ) -> str | None:
+        """`path_on` for a query that needs no id map lookup."""
         if resolved.record is not None and resolved.span is not None:
             text = resolved.record.id_on(side)
             if text is None:
                 return None
             path = with_path_id(path, resolved.span, key_text(text))
-        rule = route.ids
-        if query and rule is not None and rule.query and self.idmap is not None:
-            query = await self._query_ids(rule.query, side, query)
         return target_for(route, side, path, query)
 
     async def _query_ids(self, params: tuple[tuple[str, str], ...], side: Side, query: str) -> str:
