@@ -238,6 +238,10 @@ def record_slots(doc: Any, rules: CompareRules) -> list[tuple[list[Any], int]]:
 def _apply(doc: Any, rules: CompareRules) -> Any:
     """Ignore, then normalize, on one record (or the body around the records); returns the root."""
     for path in rules.ignore:
+        if len(path) == 1 and type(path[0]) is str:  # `$.key`, the common case: no walk
+            if type(doc) is dict:
+                doc.pop(path[0], None)
+            continue
         found = jsonpath.slots(doc, path)
         # delete list elements from the back so earlier indices stay valid
         for container, key in reversed(found):
