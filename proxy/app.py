@@ -1,7 +1,8 @@
 """Composition: every long-lived part of a cutover process, opened and closed in one place.
 
-Start-up order is the order of `cleanup_ctx`; shutdown runs it in reverse, after aiohttp has
-stopped accepting and let in-flight requests finish (STYLE.md §7):
+Start-up order is the order of `cleanup_ctx`; shutdown runs it in reverse, after the data
+path's listener has stopped accepting and let in-flight requests finish (STYLE.md §7,
+proxy/runner.py):
 
     upstream pools         opened first, closed last: everything below still sends through them
     outbox store           opened before the worker, closed after it
