@@ -65,6 +65,8 @@ SECONDARY: dict[Mode, tuple[str, set[str | None]]] = {
 async def test_a_misbehaving_secondary_never_reaches_clients_and_is_counted(
     sims: Simulators, cutover, http, fault: FaultUpstream, mode: Mode
 ):
+    """Each client gets the old CRM's 200 within its budget; each shadowed request is counted
+    once (a result or a drop in /metrics, a record of the right kind in the diff log)."""
     fault.mode = mode
     await fault.start()
     big = mode == "big_body"

@@ -297,6 +297,7 @@ async def test_hostile_request_is_refused_and_never_forwarded(bench: Bench, case
 
 
 async def test_valid_requests_work_after_the_table(bench: Bench):
+    """None of the hostile requests left cutover unable to serve."""
     await still_serving(bench)
 
 

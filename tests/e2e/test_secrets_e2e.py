@@ -118,6 +118,7 @@ def files_under(directory: Path) -> dict[str, bytes]:
 
 
 async def test_no_secret_and_no_personal_value_in_any_output(tmp_path: Path):
+    """See the module's docstring: every output searched, every platform's requests checked."""
     require_broker()
     credentials = {
         "old-crm": f"Bearer {TOKENS['OLD_CRM_TOKEN']}",

@@ -117,6 +117,8 @@ async def last_metrics(process: CutoverProcess) -> list[Sample]:
 async def test_sigterm_under_load_every_request_read_finishes_and_no_write_is_lost(
     sims: Simulators, cutover
 ):
+    """Every request cutover read is answered 2xx, exit 0 in budget, shadowed reads logged or
+    counted, and every accepted write on both platforms after the outbox is replayed."""
     doc = fast_outbox(demo_doc(sims), {"migration": "crm-2026"})  # demo_doc's own SQLite store
     process = await cutover(doc, ids=sims)
     sims.new_crm.set_faults("slow", delay_ms=300)  # mirrors and dual-writes in flight at SIGTERM
