@@ -179,13 +179,22 @@ def _parse_yaml(text: str, source: str) -> Any:
         raise ConfigError(
             source, [ConfigIssue((), f"invalid YAML: nested deeper than {MAX_DEPTH} levels")]
         ) from None
-    except ValueError as exc:  # e.g. an integer too long for Python to convert
-        found = _LONG_NUMBER.search(text)
-        if found is None:
-            raise ConfigError(source, [ConfigIssue((), f"invalid value: {exc}")]) from None
-        line = text.count("\n", 0, found.start()) + 1
-        message = f"a number with more than {len(found.group(0)) - 1} digits"
-        raise ConfigError(source, [ConfigIssue((), message, line)]) from None
+    except Exception as exc:
+        # ruamel's constructors raise what they happen to: ValueError for an integer too long
+        # for Python to convert or `!!int x`, IndexError for `!!int ` with no digits, KeyError
+        # for `!!bool x`, AttributeError for `!!set` on a scalar... still a bad file, never a
+        # traceback
+        found = _LONG_NUMBER.search(text) if isinstance(exc, ValueError) else None
+        if found is not None:
+            line = text.count("\n", 0, found.start()) + 1
+            message = f"a number with more than {len(found.group(0)) - 1} digits"
+            raise ConfigError(source, [ConfigIssue((), message, line)]) from None
+        detail = " ".join(str(exc).split())[:200]
+        message = (
+            f"invalid YAML: cannot construct a value ({type(exc).__name__}: {detail}); "
+            "check explicit tags such as !!int"
+        )
+        raise ConfigError(source, [ConfigIssue((), message)]) from None
 
 
 @dataclass(slots=True)

@@ -83,8 +83,7 @@ def _normalizers(value: Any) -> Any:
     names = [value] if isinstance(value, str) else value
     if isinstance(names, list):
         for name in names:
-            base = name.split(":", 1)[0] if isinstance(name, str) else name
-            if base not in NORMALIZERS:
+            if not isinstance(name, str) or name.split(":", 1)[0] not in NORMALIZERS:
                 raise ValueError(
                     f"unknown normalizer {name!r} (known: {', '.join(sorted(NORMALIZERS))})"
                 )

@@ -29,7 +29,9 @@ from tests.scrape import diff_records, samples, total
 
 pytestmark = pytest.mark.e2e
 
-EXIT_BUDGET_S = 30.0
+EXIT_BUDGET_S = 45.0
+"""The process's own shutdown budget: 30 s for requests in flight (proxy/runner.py), 5 s for
+mirrors, 5 s for the outbox (proxy/app.py), and a margin. A quiet run exits in about a second."""
 
 
 @dataclass(frozen=True)
@@ -47,8 +49,8 @@ class Outcome:
 
 
 class MixedLoad:
-    """Clients of mixed reads and writes, a fresh connection per request: after SIGTERM a
-    request is refused at connect (never started), or on a connection cutover accepted."""
+    """Clients of mixed reads and writes, a fresh connection per request, until `stopped` or
+    until a connection is refused."""
 
     def __init__(self, url: str) -> None:
         self.url = url
@@ -126,6 +128,9 @@ async def test_sigterm_under_load_every_request_read_finishes_and_no_write_is_lo
     running = asyncio.ensure_future(load.run())  # noqa: TID251 - owned by this test
     await wait_for(lambda: len(load.outcomes) >= 120, timeout=60, what="120 requests answered")
     scraping = asyncio.ensure_future(last_metrics(process))  # noqa: TID251 - owned here
+    # like a load balancer that has taken the instance out: nothing new after SIGTERM (what
+    # arrives as SIGTERM comes is the two xfails below); what was sent before is in flight
+    load.stopped = True
     signalled = time.monotonic()
     process.signal(signal.SIGTERM)
     assert await process.wait_exit(timeout=EXIT_BUDGET_S + 10) == 0, process.logs()[-3000:]
@@ -134,16 +139,16 @@ async def test_sigterm_under_load_every_request_read_finishes_and_no_write_is_lo
     final = await scraping
     assert exited < EXIT_BUDGET_S, f"{exited:.1f}s to exit"
 
-    # every request cutover read was answered 2xx, those in flight at SIGTERM included
-    read_by_cutover = {e["request_id"] for e in process.log_events() if e.get("event") == "request"}
+    # every request cutover answered was answered 2xx, those in flight at SIGTERM included
+    answered = {e["request_id"] for e in process.log_events() if e.get("event") == "request"}
     failed = [o for o in load.outcomes if not o.ok]
-    failed_after_read = [o for o in failed if o.request_id in read_by_cutover]
-    assert not failed_after_read, (
-        f"requests cutover read but did not answer 2xx: {failed_after_read[:5]}"
-    )
+    failed_answered = [o for o in failed if o.request_id in answered]
+    assert not failed_answered, f"requests cutover answered, not 2xx: {failed_answered[:5]}"
     in_flight = [o for o in load.outcomes if o.started < signalled < o.ended and o.ok]
     assert in_flight, "no request was in flight at SIGTERM: the test proved nothing"
-    # the rest (reset before cutover read them: see the xfail below) reached no platform
+    # A request sent just before SIGTERM that cutover had not yet read may still be reset or
+    # held until the shutdown timeout (the two xfails below): tolerated here, as long as none
+    # of them reached a platform, so a client may retry them.
     platform_names = {str(c["full_name"]) for c in sims.old_crm.contacts()} | {
         str(c["name"]) for c in sims.new_crm.contacts()
     }
@@ -183,11 +188,13 @@ async def test_sigterm_under_load_every_request_read_finishes_and_no_write_is_lo
 
 @pytest.mark.xfail(
     strict=True,
-    reason="a request whose first bytes reached cutover before SIGTERM is dropped unanswered: "
-    "on shutdown the data path (proxy/runner.py: aiohttp's server shutdown) closes every "
-    "connection without a complete request head, with the client's bytes unread, so the client "
-    "gets a reset (under load: 'Connection reset by peer' for 1-3 of 16 clients at each "
-    "SIGTERM); a connection with bytes received should be read and served like one in flight",
+    reason="a request whose first bytes reached cutover before SIGTERM is never answered: on "
+    "shutdown the data path (proxy/runner.py: aiohttp's server shutdown) either closes the "
+    "connection at once with the client's bytes unread (a reset: under load 1-3 of 16 clients "
+    "at each SIGTERM got 'Connection reset by peer'), or, when the rest of the head arrives "
+    "after it stopped accepting, leaves the request unanswered until the 30 s shutdown timeout "
+    "(this test: no answer within 5 s). Reproduce: half a request head, SIGTERM, the rest of "
+    "the head once the port refuses connections; a started request should be served",
 )
 async def test_a_request_arriving_as_sigterm_comes_is_still_answered(sims: Simulators, cutover):
     """Half a request head before SIGTERM, the rest once cutover has stopped accepting: the
@@ -201,7 +208,7 @@ async def test_a_request_arriving_as_sigterm_comes_is_still_answered(sims: Simul
     try:
         writer.write(b"st: x\r\n\r\n")
         await writer.drain()
-        async with asyncio.timeout(10):
+        async with asyncio.timeout(5):
             answer = await reader.read(64)
     except ConnectionError as exc:
         answer = repr(exc).encode()
@@ -209,3 +216,41 @@ async def test_a_request_arriving_as_sigterm_comes_is_still_answered(sims: Simul
         writer.close()
     assert answer.startswith(b"HTTP/1.1 200 "), answer
     assert await process.wait_exit() == 0
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="a request whose body is still arriving when SIGTERM comes is never answered: its "
+    "handler waits for the rest of the body, which the data path (proxy/runner.py, aiohttp's "
+    "server shutdown) no longer reads, until the 30 s shutdown timeout cancels it and the "
+    "connection is closed without an answer; shutdown takes the whole 30 s. Under load, about "
+    "1 run in 6 of test_sigterm_under_load_... had a POST sent just after SIGTERM end in "
+    "ServerDisconnectedError after 30.4 s. Reproduce: a POST's head and half its body, SIGTERM, "
+    "then the rest of the body: no answer for 30 s, then EOF",
+)
+async def test_a_request_whose_body_arrives_after_sigterm_is_still_answered(
+    sims: Simulators, cutover
+):
+    """A POST's head and part of its body before SIGTERM, the rest once cutover has stopped
+    accepting: the request is in flight, so it is answered (201), at once."""
+    process = await cutover(doc_for(sims))
+    body = b'{"customer": "C-7777", "full_name": "Late Body"}'
+    head = (
+        b"POST /api/contacts HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        b"X-Customer-Id: C-7777\r\nContent-Length: %d\r\n\r\n" % len(body)
+    )
+    reader, writer = await asyncio.open_connection("127.0.0.1", process.port)
+    writer.write(head + body[:10])
+    await writer.drain()
+    process.signal(signal.SIGTERM)
+    await wait_for(lambda: not port_open(process.port), what="cutover to stop accepting")
+    try:
+        writer.write(body[10:])
+        await writer.drain()
+        async with asyncio.timeout(5):
+            answer = await reader.read(64)
+    except (ConnectionError, TimeoutError) as exc:
+        answer = repr(exc).encode()
+    finally:
+        writer.close()
+    assert answer.startswith(b"HTTP/1.1 201 "), answer

@@ -38,6 +38,7 @@ WHOLE_FILE = (
     "not UTF-8",
     "expected a mapping at the top",
     "invalid YAML: nested deeper",
+    "invalid YAML: cannot construct",  # ruamel failed inside a constructor: no position
     "larger than",
     "cannot read",
 )
@@ -326,6 +327,9 @@ BAD_DURATIONS = st.sampled_from(
         "5s; rm -rf /",
     ]
 )
+DURATIONS_OUT_OF_RANGE = st.sampled_from(
+    [-1, -0.01, 365 * 24 * 3600 + 1, 10**30, -(10**30), 2**63, 1e308, math.inf, -math.inf, math.nan]
+)
 BAD_SIZES = st.sampled_from(["1 XB", "-1MB", "9" * 400 + "GB", "MB", "1.5.5KB", "lots", "inf"])
 BAD_URLS = st.sampled_from(
     [
@@ -392,7 +396,7 @@ def mutations(draw: st.DrawFn) -> tuple[dict[str, Any], str, tuple[str | int, ..
     if kind == "replace":
         last = place[-1]
         if last in DURATION_KEYS and draw(st.booleans()):
-            value = draw(BAD_DURATIONS | OUT_OF_RANGE)
+            value = draw(BAD_DURATIONS | DURATIONS_OUT_OF_RANGE)
             kind = "bad_duration"
         elif last in SIZE_KEYS and draw(st.booleans()):
             value = draw(BAD_SIZES)
@@ -531,6 +535,12 @@ def test_deep_nesting_is_refused_past_the_limit(depth, opener):
         "!!python/object/apply:os.system ['true']\n",  # an unsafe tag is only a tag
         "a: !!binary aGVsbG8=\n",
         "a: !!set {x, y}\n",
+        "a: !!int \n",  # ruamel's constructors raise IndexError, KeyError, AttributeError...
+        "a: !!bool x\n",
+        "a: !!set \n",
+        "? !!pairs []\n: 1\n",
+        "a: !!float _\n",
+        "a: !!timestamp 2001-13-99\n",
         "version: " + "9" * 5000 + "\n",  # an integer Python refuses to convert
         "version: 1\n\x00\n",
         "\ufeffversion: 1\n",
@@ -553,3 +563,23 @@ def test_files_that_cannot_be_read(tmp_path):
         with pytest.raises(ConfigError) as info:
             load_config(path, env={})
         assert str(info.value).startswith(str(path))
+
+
+@pytest.mark.parametrize(
+    ("place", "value"),
+    [
+        (("routes", 1, "compare", "normalize", "$.subject"), [["lower"]]),  # was a TypeError
+        (("routes", 1, "compare", "normalize", "$.subject"), {"lower": 1}),
+        (("routes", 0, "contract", "convert", "$.phone", "to_new"), [{"e164": 44}]),
+        (("routes", 0, "compare", "redact"), [["$.email"]]),
+        (("platforms", "old", "crm", "headers"), {"X-A": ["a"]}),
+    ],
+)
+def test_values_of_the_wrong_shape_are_refused_at_their_place(place, value):
+    """Found by the mutations above, kept as plain cases: a list or mapping where a name is
+    expected is a placed error, not an exception from inside a validator."""
+    doc = copy.deepcopy(RICH)
+    node_at(doc, place[:-1])[place[-1]] = value
+    result = outcome(to_yaml(doc))
+    assert isinstance(result, ConfigError)
+    assert issue_at_or_under(result, place[:3]), str(result)
