@@ -8,7 +8,8 @@
     │   ├── BadRequest              400: malformed path, identity or framing
     │   ├── PayloadTooLarge         413
     │   ├── NoRoute                 404
-    │   └── OutboxUnavailable       503: a dual-write cannot be journaled, so it is not accepted
+    │   ├── OutboxUnavailable       503: a dual-write cannot be journaled, so it is not accepted
+    │   └── IdMapUnavailable        503: the id map's store is down (proxy.translate)
     └── UpstreamError               an upstream failed; the answer names the route and platform
         ├── UpstreamConnectError    502: reset or closed early (the request may have arrived)
         │   └── UpstreamRefused     502: could not connect (the request certainly did not arrive)

@@ -13,12 +13,27 @@ from typing import Any
 from urllib.parse import parse_qsl, urlencode
 
 import orjson
+import structlog
 
 from proxy.config.spec import Side
 from proxy.config.table import Route
 from proxy.dualwrite.ids import IdMap, path_id, with_path_id
 from proxy.dualwrite.model import IdEntry, key_text
+from proxy.dualwrite.store import StoreError
+from proxy.errors import RequestRejected
 from shadow import jsonpath
+
+log = structlog.get_logger("cutover.translate")
+
+
+class IdMapUnavailable(RequestRejected, StoreError):
+    """The id map cannot be read (its store is down), so the request cannot be placed or
+    translated: a 503 before any platform sees it. A StoreError as well, so that the outbox
+    worker treats it like any other store outage (retry later)."""
+
+    status = 503
+    kind = "id-map-unavailable"
+    title = "Id map unavailable"
 
 
 class Unresolved(Exception):
@@ -84,8 +99,18 @@ class Translator:
         if span is None:
             return NOTHING
         key = path_id(path, span)
-        record = await self.idmap.find(rule.resource, key) if self.idmap is not None else None
+        record = await self._find(rule.resource, key)
         return Resolved(record, span, key)
+
+    async def _find(self, resource: str, key: str) -> IdEntry | None:
+        if self.idmap is None:
+            return None
+        try:
+            return await self.idmap.find(resource, key)
+        except IdMapUnavailable:
+            raise
+        except StoreError as exc:
+            raise IdMapUnavailable(f"the id map cannot be read: {exc}") from exc
 
     async def path_on(
         self, route: Route, side: Side, path: str, query: str, resolved: Resolved
@@ -124,7 +149,7 @@ class Translator:
         out = []
         for name, value in pairs:
             resource = wanted.get(name)
-            entry = await self.idmap.find(resource, value) if resource and value else None
+            entry = await self._find(resource, value) if resource and value else None
             text = entry.id_on(side) if entry is not None else None
             out.append((name, key_text(text) if text is not None else value))
         return urlencode(out)
@@ -151,7 +176,7 @@ class Translator:
                         value = container[key]  # type: ignore[index]
                         if value is None:
                             continue
-                        entry = await self.idmap.find(resource, _text(value))
+                        entry = await self._find(resource, _text(value))
                         target = entry.value_on(side) if entry is not None else None
                         if target is None:
                             raise Unresolved(resource, _text(value), side)
@@ -178,7 +203,13 @@ class Translator:
                     value = container[key]  # type: ignore[index]
                     if value is None:
                         continue
-                    entry = await self.idmap.lookup(resource, "new", _text(value))
+                    try:
+                        entry = await self.idmap.lookup(resource, "new", _text(value))
+                    except StoreError as exc:
+                        # the platform has answered (a write has happened): pass its own id
+                        # rather than turn a success into an error
+                        log.warning("id_not_translated", resource=resource, error=str(exc))
+                        continue
                     if entry is not None and entry.old is not None:
                         container[key] = entry.value_on("old")  # type: ignore[index]
         return doc

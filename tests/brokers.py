@@ -60,6 +60,13 @@ class OwnBroker:
             await self.proc.wait()
         self.proc = None
 
+    async def kill(self) -> None:
+        """SIGKILL: no goodbye to the clients, no will published by a clean shutdown."""
+        if self.proc is not None and self.proc.returncode is None:
+            self.proc.kill()
+            await self.proc.wait()
+        self.proc = None
+
 
 async def clear_retained(migration: str, port: int = BROKER_PORT) -> None:
     """Remove every retained message under cutover/<migration>/ (tests leave none behind)."""

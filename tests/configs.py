@@ -80,12 +80,7 @@ def demo_doc(sims: Any) -> dict[str, Any]:
     from ruamel.yaml import YAML
 
     doc: dict[str, Any] = orjson.loads(orjson.dumps(YAML(typ="safe").load(REPO / "routes.yaml")))
-    for side, api, app in (
-        ("old", "crm", sims.old_crm),
-        ("old", "ticketing", sims.old_ticketing),
-        ("new", "crm", sims.new_crm),
-        ("new", "ticketing", sims.new_ticketing),
-    ):
+    for side, api, app in sims.upstreams():
         doc["platforms"][side][api]["url"] = app.url
     doc["listen"] = "127.0.0.1:0"
     doc["admin"] = {"listen": "127.0.0.1:0"}

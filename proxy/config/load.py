@@ -29,7 +29,14 @@ from proxy.config.table import RouteTable, build_table
 Place = tuple[str | int, ...]
 
 _VAR = re.compile(r"\$\$|\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+_LONG_NUMBER = re.compile(r"\d{4000,}")
 MAX_FILE_BYTES = 4 * 1024 * 1024
+MAX_DEPTH = 64
+"""routes.yaml is a dozen levels deep at most; deeper nesting is refused, not walked."""
+MAX_VALUES_PER_BYTE = 2
+"""Without aliases a document holds fewer values than bytes; aliases may reuse a part a few
+times, but a document that expands past this (a "billion laughs") is refused, not expanded."""
+MIN_VALUES = 10_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,7 +117,19 @@ def parse_config(
         )
 
     issues: list[ConfigIssue] = []
-    doc = _substitute(tree, (), os.environ if env is None else env, issues)
+    budget = _Budget(max(MIN_VALUES, MAX_VALUES_PER_BYTE * len(raw)))
+    doc = _substitute(tree, (), os.environ if env is None else env, issues, budget)
+    if budget.exceeded:
+        raise ConfigError(
+            source,
+            [
+                ConfigIssue(
+                    (),
+                    f"expands to more than {budget.limit} values (aliases repeating aliases?)",
+                    _line_of(tree, budget.exceeded_at or ()),
+                )
+            ],
+        )
     spec: ConfigSpec | None = None
     try:
         spec = ConfigSpec.model_validate(doc)
@@ -146,20 +165,78 @@ def _parse_yaml(text: str, source: str) -> Any:
         problem = " ".join(filter(None, [exc.context, exc.problem])) or "invalid YAML"
         raise ConfigError(source, [ConfigIssue((), f"invalid YAML: {problem}", line)]) from None
     except YAMLError as exc:
+        position = getattr(exc, "position", None)  # a ReaderError: a character YAML refuses
+        if isinstance(position, int):
+            line = text.count("\n", 0, position) + 1
+            reason = getattr(exc, "reason", None) or "a character YAML does not allow"
+            character = getattr(exc, "character", None)
+            code = ord(character) if isinstance(character, str) and character else character
+            what = f" (#x{code:04x})" if isinstance(code, int) else ""
+            message = f"invalid YAML: {reason}{what}"
+            raise ConfigError(source, [ConfigIssue((), message, line)]) from None
         raise ConfigError(source, [ConfigIssue((), f"invalid YAML: {exc}")]) from None
+    except RecursionError:
+        raise ConfigError(
+            source, [ConfigIssue((), f"invalid YAML: nested deeper than {MAX_DEPTH} levels")]
+        ) from None
+    except Exception as exc:
+        # ruamel's constructors raise what they happen to: ValueError for an integer too long
+        # for Python to convert or `!!int x`, IndexError for `!!int ` with no digits, KeyError
+        # for `!!bool x`, AttributeError for `!!set` on a scalar... still a bad file, never a
+        # traceback
+        found = _LONG_NUMBER.search(text) if isinstance(exc, ValueError) else None
+        if found is not None:
+            line = text.count("\n", 0, found.start()) + 1
+            message = f"a number with more than {len(found.group(0)) - 1} digits"
+            raise ConfigError(source, [ConfigIssue((), message, line)]) from None
+        detail = " ".join(str(exc).split())[:200]
+        message = (
+            f"invalid YAML: cannot construct a value ({type(exc).__name__}: {detail}); "
+            "check explicit tags such as !!int"
+        )
+        raise ConfigError(source, [ConfigIssue((), message)]) from None
 
 
-def _substitute(node: Any, place: Place, env: Mapping[str, str], issues: list[ConfigIssue]) -> Any:
-    """A plain copy of the YAML tree with `${VAR}` read from the environment (`$$` is a `$`)."""
+@dataclass(slots=True)
+class _Budget:
+    """How many more values the plain copy may hold before the document is refused."""
+
+    limit: int
+    used: int = 0
+    exceeded_at: Place | None = None
+
+    @property
+    def exceeded(self) -> bool:
+        return self.exceeded_at is not None
+
+    def take(self, place: Place) -> bool:
+        self.used += 1
+        if self.used > self.limit and self.exceeded_at is None:
+            self.exceeded_at = place
+        return self.exceeded_at is None
+
+
+def _substitute(
+    node: Any, place: Place, env: Mapping[str, str], issues: list[ConfigIssue], budget: _Budget
+) -> Any:
+    """A plain copy of the YAML tree with `${VAR}` read from the environment (`$$` is a `$`).
+
+    Bounded: past MAX_DEPTH levels, or past the budget of values, nothing more is copied (an
+    issue says where), so neither deep nesting nor an alias bomb is ever walked in full."""
+    if not budget.take(place):
+        return None
+    if isinstance(node, dict | list) and len(place) >= MAX_DEPTH:
+        issues.append(ConfigIssue(place, f"nested deeper than {MAX_DEPTH} levels"))
+        return None
     if isinstance(node, dict):
         return {
             str(k) if not isinstance(k, int | float | bool) else k: _substitute(
-                v, (*place, str(k)), env, issues
+                v, (*place, str(k)), env, issues, budget
             )
             for k, v in node.items()
         }
     if isinstance(node, list):
-        return [_substitute(v, (*place, i), env, issues) for i, v in enumerate(node)]
+        return [_substitute(v, (*place, i), env, issues, budget) for i, v in enumerate(node)]
     if isinstance(node, str):
         if "$" not in node:
             return str(node)

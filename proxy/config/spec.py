@@ -15,7 +15,7 @@ from typing import Annotated, Any, Literal
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 from yarl import URL
 
-from proxy.config.units import Duration, HeaderName, HostPort, Name, Percent, Size
+from proxy.config.units import Duration, HeaderName, HeaderValue, HostPort, Name, Percent, Size
 from shadow import jsonpath
 
 Side = Literal["old", "new"]
@@ -49,6 +49,8 @@ def _check_url_path(value: str) -> str:
 
 
 def _check_url(value: str) -> str:
+    if any(char.isspace() or not char.isprintable() for char in value):
+        raise ValueError(f"a URL without spaces or control characters, got {value!r}")
     try:
         url = URL(value)
     except (ValueError, TypeError):
@@ -82,8 +84,7 @@ def _normalizers(value: Any) -> Any:
     names = [value] if isinstance(value, str) else value
     if isinstance(names, list):
         for name in names:
-            base = name.split(":", 1)[0] if isinstance(name, str) else name
-            if base not in NORMALIZERS:
+            if not isinstance(name, str) or name.split(":", 1)[0] not in NORMALIZERS:
                 raise ValueError(
                     f"unknown normalizer {name!r} (known: {', '.join(sorted(NORMALIZERS))})"
                 )
@@ -127,7 +128,7 @@ class UpstreamSpec(Spec):
     url: Url
     timeout: Duration = 5.0
     connect_timeout: Duration | None = None
-    headers: dict[HeaderName, str] = {}
+    headers: dict[HeaderName, HeaderValue] = {}
     pool: Annotated[int, Field(ge=1, le=100_000)] = 256
     mirror: MirrorLimits = MirrorLimits()
 
@@ -304,7 +305,7 @@ class RouteSpec(Spec):
     without_customer: Side = "old"
     rollback: bool = False
     verify_after: Duration | None = None
-    mirror_headers: dict[HeaderName, str] = {}
+    mirror_headers: dict[HeaderName, HeaderValue] = {}
     ids: IdsSpec | None = None
     contract: ContractSpec | None = None
     compare: CompareSpec = CompareSpec()

@@ -6,6 +6,7 @@ can act on; the loader prefixes it with the file and the place.
 
 from __future__ import annotations
 
+import math
 import re
 from typing import Annotated, Any
 
@@ -29,7 +30,10 @@ _SIZE_UNITS = {
     "GiB": 1024**3,
 }
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,62}$")
+MAX_DURATION = 365 * 24 * 3600.0
+"""Longer is a typo, and past what the event loop's timers can hold."""
 _HEADER_NAME = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
+_HEADER_VALUE_BAD = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
 
 
 def parse_duration(value: Any) -> float:
@@ -37,11 +41,13 @@ def parse_duration(value: Any) -> float:
     if isinstance(value, bool):
         raise ValueError(f"expected a duration like 5s, 250ms or 2m, got {value!r}")
     if isinstance(value, int | float):
-        seconds = float(value)
+        seconds = float(value) if abs(value) <= MAX_DURATION else math.inf
     elif isinstance(value, str) and (match := _DURATION.match(value)):
         seconds = float(match.group(1)) * _DURATION_UNITS[match.group(2)]
     else:
         raise ValueError(f"expected a duration like 5s, 250ms or 2m, got {value!r}")
+    if not math.isfinite(seconds) or seconds > MAX_DURATION:
+        raise ValueError(f"a duration of at most 365 days, got {value!r}")
     if seconds < 0:
         raise ValueError(f"a duration cannot be negative, got {value!r}")
     return seconds
@@ -54,7 +60,10 @@ def parse_size(value: Any) -> int:
     if isinstance(value, int):
         size = value
     elif isinstance(value, str) and (match := _SIZE.match(value)):
-        size = int(float(match.group(1)) * _SIZE_UNITS[match.group(2)])
+        amount = float(match.group(1)) * _SIZE_UNITS[match.group(2)]
+        if not math.isfinite(amount):
+            raise ValueError(f"a size must be a finite number of bytes, got {value!r}")
+        size = int(amount)
     else:
         raise ValueError(f"expected a size like 1MB or 64KiB, got {value!r}")
     if size < 0:
@@ -86,12 +95,22 @@ def parse_header_name(value: Any) -> str:
     return value
 
 
+def parse_header_value(value: Any) -> str:
+    """A header value cutover sends as configured: CR, LF or another control character in it
+    would split or corrupt the request line by line (RFC 9110 §5.5 allows only HTAB)."""
+    if not isinstance(value, str):
+        raise ValueError(f"expected a header value (text), got {value!r}")
+    if _HEADER_VALUE_BAD.search(value):
+        raise ValueError("a header value without CR, LF or other control characters")
+    return value
+
+
 def parse_host_port(value: Any) -> str:
     """`host:port` for a listener; `[::1]:8080` for IPv6. Port 0 picks a free port."""
     if not isinstance(value, str):
         raise ValueError(f"expected host:port, got {value!r}")
     host, sep, port = value.rpartition(":")
-    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+    if not sep or not host or not (port.isascii() and port.isdigit()) or int(port) > 65535:
         raise ValueError(f"expected host:port such as 0.0.0.0:8080, got {value!r}")
     return value
 
@@ -106,4 +125,5 @@ Size = Annotated[int, BeforeValidator(parse_size)]
 Percent = Annotated[float, BeforeValidator(parse_percent)]
 Name = Annotated[str, BeforeValidator(parse_name)]
 HeaderName = Annotated[str, BeforeValidator(parse_header_name)]
+HeaderValue = Annotated[str, BeforeValidator(parse_header_value)]
 HostPort = Annotated[str, BeforeValidator(parse_host_port)]

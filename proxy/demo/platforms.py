@@ -337,6 +337,15 @@ class Simulators:
     def __iter__(self) -> Iterator[SimApp]:
         return iter(self.apps)
 
+    def upstreams(self) -> tuple[tuple[str, str, SimApp], ...]:
+        """(platform, api, app) for each upstream, as routes.yaml's `platforms` names them."""
+        return (
+            ("old", "crm", self.old_crm),
+            ("old", "ticketing", self.old_ticketing),
+            ("new", "crm", self.new_crm),
+            ("new", "ticketing", self.new_ticketing),
+        )
+
     def by_name(self, name: str) -> SimApp:
         """`"old-crm"`, `"old-ticketing"`, `"new-crm"` or `"new-ticketing"`."""
         for app in self.apps:

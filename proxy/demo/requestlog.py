@@ -21,6 +21,7 @@ RECORDED_HEADERS = (
     "X-Request-ID",
     "Idempotency-Key",
     "Authorization",
+    "Cookie",
     "X-Forwarded-For",
     "X-Forwarded-Proto",
     "X-Forwarded-Host",

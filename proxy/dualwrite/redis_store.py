@@ -43,6 +43,7 @@ from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.commands.core import AsyncScript
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError, ResponseError
 
 from proxy.config.spec import Side
@@ -471,8 +472,19 @@ class RedisStore(Store):
         return self._redis
 
     async def _run(self, script: str, keys: Sequence[str], args: Sequence[Any]) -> Any:
-        self._client()
-        with _mapped(script):
+        client = self._client()
+        try:
+            with _mapped(script):
+                return await self._scripts[script](keys=keys, args=args)
+        except StoreError as exc:
+            if not isinstance(exc.__cause__, RedisConnectionError):
+                raise
+            # Redis went away (restarted, failed over): every idle connection in the pool is
+            # as dead as this one, and would fail the next caller the same way; drop them all
+            await client.connection_pool.disconnect(inuse_connections=False)
+            if script not in _READ_ONLY:
+                raise  # the script may have run before the connection broke: never twice
+        with _mapped(script):  # a lookup changes nothing: once more, on a fresh connection
             return await self._scripts[script](keys=keys, args=args)
 
     def _where(self) -> str:
@@ -766,6 +778,9 @@ class RedisStore(Store):
 
 
 # --- helpers ---------------------------------------------------------------------------------
+
+_READ_ONLY = frozenset({"map_lookup"})
+"""Scripts that change nothing, and so may be run again after a broken connection."""
 
 
 @contextmanager

@@ -155,6 +155,8 @@ async def test_an_instance_restarted_after_a_rollback_comes_up_rolled_back(fleet
 async def test_broker_down_serving_never_stops_and_control_resumes(
     sims: Simulators, cutover, http, tmp_path
 ):
+    """The broker killed and started again under load: not one request fails, the instance
+    republishes its status (online again) and takes a rollback through the new broker."""
     broker = OwnBroker(tmp_path)
     await broker.start()
     fleet = Fleet(sims, cutover, broker.url)
@@ -174,7 +176,7 @@ async def test_broker_down_serving_never_stops_and_control_resumes(
             return count
 
         running = asyncio.ensure_future(load())  # noqa: TID251 - owned by this test
-        await broker.stop()
+        await broker.kill()  # killed, not stopped: the instance learns it from its keepalive
         await wait_for(
             lambda: any(e.get("event") == "fleet_disconnected" for e in member.log_events()),
             what="the instance to notice",
