@@ -202,8 +202,8 @@ class Proxy:
             respond.abort()
             return
         headers = [("Content-Type", PROBLEM_TYPE), (REQUEST_ID, ex.request_id)]
-        if ex.platform is not None:
-            headers.append((PLATFORM, ex.platform))
+        if ex.platform is not None and status >= 500:  # the platform that failed; a refused
+            headers.append((PLATFORM, ex.platform))  # request reached no platform at all
         body = problem_body(
             status,
             kind,
@@ -396,6 +396,11 @@ class Proxy:
             return raw, orjson.dumps(doc), None
         if length is not None and length <= BUFFER_REQUEST_BODY:
             return None, await request.read(BUFFER_REQUEST_BODY), None
+        if length is None:
+            # chunked: what fits is read first, so a malformed chunk in it is a 400 before a
+            # platform sees any of the request (nginx buffers the whole body for the same reason)
+            body, stream = await request.prefix(BUFFER_REQUEST_BODY)
+            return (None, body, None) if stream is None else (None, stream, None)
         return None, request.stream(), length
 
     async def _relay(

@@ -10,11 +10,14 @@ each as problem JSON with `Connection: close`:
 
     400  not HTTP/1.x as llhttp reads it in strict mode: conflicting Content-Length and
          Transfer-Encoding, duplicate Content-Length, obs-fold, bare LF, invalid characters in
-         the method, target or a header; a Transfer-Encoding other than `chunked`; CONNECT; a
-         target that is not a path (absolute-form `http://host/...`, `*`, a `#fragment`)
+         the method, target or a header, a malformed chunk; a Transfer-Encoding other than one
+         `chunked` (or any in HTTP/1.0); no Host, two, or one that is not host[:port]; CONNECT;
+         HTTP/0.9; a target that is not a path (absolute-form, `*`, a `#fragment`)
     408  the head not complete within `header_timeout` (a silent new connection is just closed)
     413  a declared Content-Length over `max_body`
+    414  a request target over `max_header_bytes`
     431  more than `max_headers` header fields, or a head over `max_header_bytes`
+    505  an HTTP version other than 1.0 and 1.1
     503  over `max_in_flight` requests being handled (with Retry-After), or over
          `max_connections` open connections (then closed at once)
 
@@ -31,6 +34,7 @@ next ones are parsed (bounded by one read of the socket) and reading pauses.
 from __future__ import annotations
 
 import asyncio
+import re
 import socket
 import time
 from collections import deque
@@ -49,9 +53,14 @@ from proxy.http1.wire import HeaderInjection, WriteFlow, head_bytes, reason_for
 log = structlog.get_logger("cutover.http")
 
 #: request body bytes held (unread by the handler) before the socket stops being read
+#: uri-host [":" port] (RFC 9110 §4.2.3, RFC 3986 §3.2.2): a reg-name, an IPv4, or an IP literal
+_HOST: Final = re.compile(r"(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9\-._~!$&'()*+,;=%]*)(?::[0-9]*)?\Z")
+_VERSIONS: Final = frozenset({"1.1", "1.0"})
 READ_HIGH_WATER: Final = 256 * 1024
 READ_LOW_WATER: Final = 64 * 1024
 SWEEP_EVERY: Final = 0.5
+SHUTDOWN_POLL: Final = 0.05
+SHUTDOWN_GRACE: Final = 0.05
 PROBLEM_TYPE: Final = "application/problem+json"
 
 
@@ -79,6 +88,18 @@ class HeadersTooLarge(RequestRejected):
     status = 431
     kind = "headers-too-large"
     title = "Request header fields too large"
+
+
+class UriTooLong(RequestRejected):
+    status = 414
+    kind = "uri-too-long"
+    title = "URI too long"
+
+
+class VersionNotSupported(RequestRejected):
+    status = 505
+    kind = "http-version-not-supported"
+    title = "HTTP version not supported"
 
 
 class Overloaded(RequestRejected):
@@ -220,6 +241,19 @@ class Request:
             parts.append(chunk)
         return b"".join(parts)
 
+    async def prefix(self, limit: int) -> tuple[bytes, AsyncIterator[bytes] | None]:
+        """The body if it is at most `limit` bytes (and None); else its first part and an
+        iterator over the whole of it, that part first (for a body that must be streamed)."""
+        stream = self.stream()
+        parts: list[bytes] = []
+        size = 0
+        async for chunk in stream:
+            parts.append(chunk)
+            size += len(chunk)
+            if size > limit:
+                return b"", _chained(parts, stream)
+        return b"".join(parts), None
+
     async def stream(self) -> AsyncIterator[bytes]:
         """The body as it arrives (within `body_timeout` between chunks)."""
         body = self._body
@@ -237,6 +271,13 @@ class Request:
             if body.complete:
                 return
             await body.wait()
+
+
+async def _chained(first: list[bytes], rest: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+    for chunk in first:
+        yield chunk
+    async for chunk in rest:
+        yield chunk
 
 
 class Responder:
@@ -383,6 +424,7 @@ class _Connection(WriteFlow):
         self.body_wait_since: float | None = None
         self.write_wait_since: float | None = None
         self._any_byte = False
+        self._head_begun = False  # a request's first bytes are in, its head is not complete
 
     # -- transport events -----------------------------------------------------------------------
 
@@ -408,8 +450,8 @@ class _Connection(WriteFlow):
         self.head_since = time.monotonic()  # a new connection must say something soon
 
     def data_received(self, data: bytes) -> None:
-        if self.closing and self.current is None and not self._queue:
-            return  # answered with a close already; whatever follows is not read
+        if self.closed:
+            return
         self._any_byte = True
         try:
             self._parser.feed_data(data)
@@ -447,6 +489,7 @@ class _Connection(WriteFlow):
         self._url = []
         self._fields = []
         self._head_size = 0
+        self._head_begun = True
         if self.head_since is None:  # (a new connection's clock started when it opened)
             self.head_since = time.monotonic()
         self.idle_since = None
@@ -455,7 +498,7 @@ class _Connection(WriteFlow):
         self._url.append(url)
         self._head_size += len(url)
         if self._head_size > self.limits.max_header_bytes:
-            raise self._too_large()
+            raise UriTooLong(f"request targets are limited to {self.limits.max_header_bytes} bytes")
 
     def on_header(self, name: bytes, value: bytes) -> None:
         # runs for every header of every request: the checks are inline, not a call each
@@ -478,24 +521,36 @@ class _Connection(WriteFlow):
         method = parser.get_method().decode("ascii")
         if method == "CONNECT":
             raise BadRequest("CONNECT is not proxied")
+        version = parser.get_http_version()
+        if version not in _VERSIONS:
+            if version.startswith("0."):
+                raise BadRequest("HTTP/0.9 requests are not accepted")
+            raise VersionNotSupported(f"HTTP/{version} is not spoken here; HTTP/1.1 is")
         headers: CIMultiDict[str] = CIMultiDict(
             [(n.decode("latin-1"), v.decode("latin-1")) for n, v in self._fields]
         )
-        transfer = headers.get("Transfer-Encoding")
-        if transfer is not None and transfer.strip().lower() != "chunked":
-            raise BadRequest("Transfer-Encoding other than 'chunked' is not accepted")
+        if "Transfer-Encoding" in headers:
+            codings = headers.getall("Transfer-Encoding")
+            if version == "1.0":  # RFC 9112 §6.1: faulty framing, whatever else it says
+                raise BadRequest("Transfer-Encoding in an HTTP/1.0 request")
+            if len(codings) != 1 or codings[0].strip().lower() != "chunked":
+                raise BadRequest("Transfer-Encoding other than 'chunked' is not accepted")
+        hosts = headers.getall("Host", ())
+        if len(hosts) > 1 or (version == "1.1" and not hosts):
+            raise BadRequest("an HTTP/1.1 request has exactly one Host header")
+        if hosts and not _HOST.match(hosts[0]):
+            raise BadRequest("the Host header is not a host[:port]")
         target = b"".join(self._url).decode("latin-1")
         if not target.startswith("/") or "#" in target:
             raise BadRequest(
                 "the request target must be a path (origin-form: no scheme, host or fragment)"
             )
-        request = Request(
-            self, method, target, parser.get_http_version(), headers, parser.should_keep_alive()
-        )
+        request = Request(self, method, target, version, headers, parser.should_keep_alive())
         length = request.content_length
         if length is not None and length > self.limits.max_body:
             raise PayloadTooLarge(f"bodies are limited to {self.limits.max_body} bytes")
         self.head_since = None
+        self._head_begun = False
         self._parsing = request
         if self.current is None:
             self._start(request)
@@ -545,9 +600,11 @@ class _Connection(WriteFlow):
                 respond.abort()
         finally:
             self.server.in_flight -= 1
+            transport = self.transport
+            gone = self.closed or transport is None or transport.is_closing()
             if respond.started and not respond.finished:
                 respond.abort()
-            elif not respond.started:
+            elif not respond.started and not gone:  # a handler that forgot to answer: a bug
                 respond.send(500, _problem_headers(), b"")
             self._done()
 
@@ -684,12 +741,19 @@ class _Connection(WriteFlow):
 
     @property
     def idle(self) -> bool:
-        return self.current is None and not self._queue and self._parsing is None
+        """No request on it at all: none being handled, queued, read, or begun."""
+        return (
+            self.current is None
+            and not self._queue
+            and self._parsing is None
+            and not self._head_begun
+        )
 
 
 #: which `HttpServer.refused` counter a refusal goes to (anything else: "malformed")
 _REFUSAL_COUNTER: Final[dict[type[RequestRejected], str]] = {
     HeadersTooLarge: "headers",
+    UriTooLong: "headers",
     PayloadTooLarge: "body",
     RequestTimeout: "slow_head",
 }
@@ -766,12 +830,24 @@ class HttpServer:
             self._server.close()
         for conn in list(self.connections):
             conn.closing = True
+        # bytes a client sent before the signal may still wait in the socket: a connection
+        # that is about to become busy gets a moment to say so before idle ones are closed
+        await asyncio.sleep(SHUTDOWN_GRACE)
+        for conn in list(self.connections):
             if conn.idle:
                 conn.close()
-        if self.tasks:
-            _, pending = await asyncio.wait(set(self.tasks), timeout=timeout)
-        else:
-            pending = set()
+        # a request whose first bytes are in is in flight too: its head gets `header_timeout`
+        # to complete, then it is handled like the others
+        deadline = self.loop.time() + timeout
+        while self.tasks or any(not c.idle and not c.closed for c in self.connections):
+            left = deadline - self.loop.time()
+            if left <= 0:
+                break
+            if self.tasks:
+                await asyncio.wait(set(self.tasks), timeout=min(left, SHUTDOWN_POLL))
+            else:
+                await asyncio.sleep(min(left, SHUTDOWN_POLL))
+        pending = set(self.tasks)
         for conn in list(self.connections):
             conn.abort()
         if self._sweeper is not None:

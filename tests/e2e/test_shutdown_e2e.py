@@ -186,16 +186,6 @@ async def test_sigterm_under_load_every_request_read_finishes_and_no_write_is_lo
     assert not missing, missing[:10]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a request whose first bytes reached cutover before SIGTERM is never answered: on "
-    "shutdown the data path (proxy/runner.py: aiohttp's server shutdown) either closes the "
-    "connection at once with the client's bytes unread (a reset: under load 1-3 of 16 clients "
-    "at each SIGTERM got 'Connection reset by peer'), or, when the rest of the head arrives "
-    "after it stopped accepting, leaves the request unanswered until the 30 s shutdown timeout "
-    "(this test: no answer within 5 s). Reproduce: half a request head, SIGTERM, the rest of "
-    "the head once the port refuses connections; a started request should be served",
-)
 async def test_a_request_arriving_as_sigterm_comes_is_still_answered(sims: Simulators, cutover):
     """Half a request head before SIGTERM, the rest once cutover has stopped accepting: the
     request was in flight, so it is answered."""
@@ -218,16 +208,6 @@ async def test_a_request_arriving_as_sigterm_comes_is_still_answered(sims: Simul
     assert await process.wait_exit() == 0
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a request whose body is still arriving when SIGTERM comes is never answered: its "
-    "handler waits for the rest of the body, which the data path (proxy/runner.py, aiohttp's "
-    "server shutdown) no longer reads, until the 30 s shutdown timeout cancels it and the "
-    "connection is closed without an answer; shutdown takes the whole 30 s. Under load, about "
-    "1 run in 6 of test_sigterm_under_load_... had a POST sent just after SIGTERM end in "
-    "ServerDisconnectedError after 30.4 s. Reproduce: a POST's head and half its body, SIGTERM, "
-    "then the rest of the body: no answer for 30 s, then EOF",
-)
 async def test_a_request_whose_body_arrives_after_sigterm_is_still_answered(
     sims: Simulators, cutover
 ):
