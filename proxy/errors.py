@@ -7,6 +7,11 @@
     ├── RequestRejected             the client's request is refused before any upstream sees it
     │   ├── BadRequest              400: malformed path, identity or framing
     │   ├── PayloadTooLarge         413
+    │   ├── RequestTimeout          408: the head or the body did not come in time
+    │   ├── HeadersTooLarge         431
+    │   ├── UriTooLong              414
+    │   ├── VersionNotSupported     505: neither HTTP/1.0 nor HTTP/1.1
+    │   ├── Overloaded              503: too many requests in flight (Retry-After)
     │   ├── NoRoute                 404
     │   ├── OutboxUnavailable       503: a dual-write cannot be journaled, so it is not accepted
     │   └── IdMapUnavailable        503: the id map's store is down (proxy.translate)
@@ -42,6 +47,36 @@ class PayloadTooLarge(RequestRejected):
     status = 413
     kind = "payload-too-large"
     title = "Payload too large"
+
+
+class RequestTimeout(RequestRejected):
+    status = 408
+    kind = "request-timeout"
+    title = "Request timeout"
+
+
+class HeadersTooLarge(RequestRejected):
+    status = 431
+    kind = "headers-too-large"
+    title = "Request header fields too large"
+
+
+class UriTooLong(RequestRejected):
+    status = 414
+    kind = "uri-too-long"
+    title = "URI too long"
+
+
+class VersionNotSupported(RequestRejected):
+    status = 505
+    kind = "http-version-not-supported"
+    title = "HTTP version not supported"
+
+
+class Overloaded(RequestRejected):
+    status = 503
+    kind = "overloaded"
+    title = "Too many requests in flight"
 
 
 class NoRoute(RequestRejected):

@@ -47,7 +47,17 @@ import orjson
 import structlog
 from multidict import CIMultiDict
 
-from proxy.errors import BadRequest, ClientGone, PayloadTooLarge, RequestRejected
+from proxy.errors import (
+    BadRequest,
+    ClientGone,
+    HeadersTooLarge,
+    Overloaded,
+    PayloadTooLarge,
+    RequestRejected,
+    RequestTimeout,
+    UriTooLong,
+    VersionNotSupported,
+)
 from proxy.http1.wire import HeaderInjection, WriteFlow, head_bytes, reason_for
 
 log = structlog.get_logger("cutover.http")
@@ -76,36 +86,6 @@ class Limits:
     header_timeout: float = 10.0
     body_timeout: float = 30.0
     keepalive_timeout: float = 60.0
-
-
-class RequestTimeout(RequestRejected):
-    status = 408
-    kind = "request-timeout"
-    title = "Request timeout"
-
-
-class HeadersTooLarge(RequestRejected):
-    status = 431
-    kind = "headers-too-large"
-    title = "Request header fields too large"
-
-
-class UriTooLong(RequestRejected):
-    status = 414
-    kind = "uri-too-long"
-    title = "URI too long"
-
-
-class VersionNotSupported(RequestRejected):
-    status = 505
-    kind = "http-version-not-supported"
-    title = "HTTP version not supported"
-
-
-class Overloaded(RequestRejected):
-    status = 503
-    kind = "overloaded"
-    title = "Too many requests in flight"
 
 
 Handler = Callable[["Request", "Responder"], Awaitable[None]]
