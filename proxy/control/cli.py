@@ -290,8 +290,31 @@ def status(args: argparse.Namespace) -> int:
     outbox = state.get("outbox")
     if outbox and "ready" in outbox:
         lines.append(f"  outbox: {outbox['ready']} waiting, {outbox['dead']} dead letters")
+    lines.extend(_plan_lines(state.get("plans") or {}))
+    for verdict in state.get("guards") or []:
+        if verdict.get("breaches"):
+            cell = "/".join(str(verdict.get(k)) for k in ("route", "channel", "cohort"))
+            lines.append(f"  guard breached on {cell}: {'; '.join(verdict['breaches'])}")
     _print(state, args.json, "\n".join(lines))
     return 0
+
+
+def _plan_lines(plans: dict[str, Any]) -> list[str]:
+    """A plan per route: the step in force, how long it has held, and its last advances."""
+    lines = []
+    for route, plan in sorted(plans.items()):
+        mode = "auto" if plan.get("auto") else "by command"
+        gates = "gates open" if plan.get("can_advance") else "; ".join(plan.get("reasons") or [])
+        lines.append(
+            f"  plan {route}: step {plan['step']} of {plan['steps'] - 1} ({mode}), "
+            f"held {plan.get('held_s', 0):.0f}s: {gates or 'last step'}"
+        )
+        for entry in (plan.get("history") or [])[-3:]:
+            why = f" ({entry['reason']})" if entry.get("reason") else ""
+            lines.append(
+                f"    {entry.get('at', '?')}  step {entry.get('step')} by {entry.get('by')}{why}"
+            )
+    return lines
 
 
 def _scopes(scopes: list[dict[str, Any]]) -> str:

@@ -181,6 +181,19 @@ async def test_a_plan_advances_by_command_and_stops_when_a_gate_fails(
     assert (await read(http, proxy, 1))[1] == "new"  # web is on new at step 1
     assert YAML(typ="safe").load(proxy.config.read_text())["routes"][0]["plan"]["step"] == 1
 
+    # the step and its history survive a restart, and `cutover status` shows them
+    assert await proxy.stop() == 0
+    proxy = await proxy.start()
+    _, state = await admin(http, proxy, "GET", "/admin/state")
+    plan = state["plans"]["contacts"]
+    assert plan["step"] == 1
+    advanced = [h for h in plan["history"] if h.get("by") != "routes.yaml"]
+    assert [(h["step"], h["reason"]) for h in advanced] == [(1, "pilot looks good")]
+    shown = await asyncio.to_thread(proxy.cli, "status")
+    assert shown.returncode == 0, shown.stderr
+    assert "plan contacts: step 1 of 2 (by command)" in shown.stdout, shown.stdout
+    assert "step 1 by" in shown.stdout and "(pilot looks good)" in shown.stdout
+
     sims.new_crm.set_faults("flaky", error_rate=0.5, methods=["GET"])
     for n in range(40):
         await read(http, proxy, n)
