@@ -43,8 +43,15 @@ def _rate_run(results: dict[str, CaseResult], case: str, rate: int) -> Run | Non
     return result.rates.get(rate) if result else None
 
 
+def _p99s(isolation: dict[str, Any], case: str) -> str:
+    return ", ".join(_ms(run["p99_ms"]) for run in isolation["runs"][case])
+
+
 def checks(
-    results: dict[str, CaseResult], soak: dict[str, Any] | None, rates: list[int]
+    results: dict[str, CaseResult],
+    soak: dict[str, Any] | None,
+    rates: list[int],
+    isolation: dict[str, Any] | None = None,
 ) -> list[Check]:
     out: list[Check] = []
 
@@ -101,6 +108,20 @@ def checks(
 
     for case, what in (("cutover-shadow-slow", "500 ms slow"), ("cutover-shadow-down", "down")):
         name = f"primary p99 {at}, secondary {what}, within 10 % of shadow off"
+        if isolation is not None:
+            medians = isolation["median_p99_ms"]
+            a, b = medians[case], medians["cutover-pass"]
+            change = a / b - 1 if b else 0.0
+            out.append(
+                Check(
+                    name,
+                    f"median of {isolation['rounds']} rounds in turns: {_ms(a)} vs {_ms(b)} ms "
+                    f"({change:+.0%}); runs {_p99s(isolation, case)} vs "
+                    f"{_p99s(isolation, 'cutover-pass')}",
+                    "PASS" if change <= 0.10 else "MISS",
+                )
+            )
+            continue
         mine = _rate_run(results, case, TARGET_RATE)
         if TARGET_RATE not in rates or mine is None or passing is None:
             out.append(Check(name, f"needs cases {case} and cutover-pass {at}", "NOT RUN"))
@@ -138,6 +159,7 @@ def render(
     results: list[CaseResult],
     failed: dict[str, str],
     soak: dict[str, Any] | None,
+    isolation: dict[str, Any] | None,
     info: dict[str, Any],
     started_at: datetime,
     plot_name: str | None,
@@ -164,6 +186,7 @@ def render(
         f" --seconds {opts.seconds} --rates {','.join(map(str, opts.rates))}"
         f" --cases {','.join(opts.cases)}"
         + (f" --soak-minutes {opts.soak_minutes:g}" if opts.soak_minutes else "")
+        + (f" --rounds {opts.rounds}" if opts.rounds else "")
         + "`.",
         "",
     ]
@@ -203,7 +226,7 @@ def render(
         "| target | measured | result |",
         "|---|---|---|",
     ]
-    found = checks(by_name, soak, opts.rates)
+    found = checks(by_name, soak, opts.rates, isolation)
     lines += [f"| {c.target} | {c.measured} | **{c.result}** |" for c in found]
     lines += ["", "## Cases", ""]
     lines += [f"- `{r.name}`: {CASES.get(r.name, '')}" for r in results]
@@ -234,6 +257,7 @@ def write_outputs(
     results: list[CaseResult],
     failed: dict[str, str],
     soak: dict[str, Any] | None,
+    isolation: dict[str, Any] | None,
     info: dict[str, Any],
     started_at: datetime,
     plot: bool,
@@ -262,6 +286,7 @@ def write_outputs(
         results=results,
         failed=failed,
         soak=soak,
+        isolation=isolation,
         info=info,
         started_at=started_at,
         plot_name=plot_name,
@@ -276,6 +301,7 @@ def write_outputs(
         "cases": [r.as_dict() for r in results],
         "failed": failed,
         "soak": soak,
+        "isolation": isolation,
         "targets": [asdict(c) for c in found],
     }
     (out / "raw" / f"run-{stamp}.json").write_bytes(

@@ -19,6 +19,7 @@ import platform
 import resource
 import secrets
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -88,6 +89,7 @@ class Options:
     connections: int
     keep: bool
     quiet_wait: float
+    rounds: int = 0  # the p99 targets' interleaved rounds (0: none)
 
 
 @dataclass
@@ -579,6 +581,51 @@ def drain(target: Target, timeout: float) -> int:
     return depth
 
 
+ISOLATION_CASES = ("cutover-pass", "cutover-shadow-slow", "cutover-shadow-down")
+
+
+def isolation(env: Env, rate: int) -> dict[str, Any]:
+    """The p99 targets, measured so that they can be compared: pass-through and shadow with
+    the secondary slow and down, started side by side (core 0) and loaded in turns at `rate`,
+    `rounds` times over; each case's median p99 is what the targets compare.
+
+    One 10 s run per case is not enough: on this kind of VM core 0 loses the CPU for a few ms
+    now and then (nginx's own p99 at 1 000/s is ~1.2 ms there, against 0.1 ms for the upstream
+    on core 1), and one case's p99 moved by a factor of 3 from one run to the next."""
+    opts = env.opts
+    print(
+        f"\n== p99 at {rate}/s, {', '.join(ISOLATION_CASES)} in turns, {opts.rounds} rounds",
+        flush=True,
+    )
+    runs: dict[str, list[Run]] = {name: [] for name in ISOLATION_CASES}
+    with contextlib.ExitStack() as stack:
+        targets = {name: stack.enter_context(case_target(env, name)) for name in ISOLATION_CASES}
+        for target in targets.values():  # warm-up
+            run_wrk(
+                target.url,
+                target.request,
+                seconds=opts.warmup,
+                connections=opts.connections,
+                cpus=str(LOAD_CORE),
+                work=env.work,
+            )
+        for round_ in range(opts.rounds):
+            wait_quiet(env)
+            for name, target in targets.items():
+                for other in targets.values():  # only the one measured is busy
+                    settle(other.sut_pid)
+                run = measure(env, target, seconds=opts.seconds, rate=rate)
+                runs[name].append(run)
+                print(f"   round {round_ + 1} {name:<20} {fmt_rate_run(run)}", flush=True)
+    medians = {name: statistics.median(r.p99_ms or 0.0 for r in got) for name, got in runs.items()}
+    return {
+        "rate": rate,
+        "rounds": opts.rounds,
+        "median_p99_ms": medians,
+        "runs": {name: [r.as_dict() for r in got] for name, got in runs.items()},
+    }
+
+
 def soak(env: Env) -> dict[str, Any]:
     """cutover-shadow-down at a fixed rate for N minutes; RSS sampled every 5 s."""
     opts = env.opts
@@ -703,6 +750,12 @@ def parse_args(argv: list[str] | None) -> Options:
         help="also run the memory soak (cutover-shadow-down) for N minutes (target: 10)",
     )
     parser.add_argument("--soak-rate", type=int, default=1000, help="soak rate (default 1000/s)")
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        help="the p99 targets: pass-through, secondary slow and down loaded in turns at 1000/s, "
+        "N rounds, medians compared (default 5; --quick 0; 0 skips)",
+    )
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results")
     parser.add_argument("--connections", type=int, default=64, help="wrk connections (64)")
     parser.add_argument("--keep", action="store_true", help="keep the work folder (configs, logs)")
@@ -729,6 +782,8 @@ def parse_args(argv: list[str] | None) -> Options:
         parser.error("rates must be positive")
     if args.connections < 1 or (args.seconds is not None and args.seconds < 1):
         parser.error("--connections and --seconds must be at least 1")
+    if args.rounds is not None and args.rounds < 0:
+        parser.error("--rounds must be >= 0")
     if args.soak_minutes < 0 or args.soak_rate < 1:
         parser.error("--soak-minutes must be >= 0 and --soak-rate >= 1")
     return Options(
@@ -743,6 +798,7 @@ def parse_args(argv: list[str] | None) -> Options:
         connections=args.connections,
         keep=args.keep,
         quiet_wait=args.quiet_wait,
+        rounds=args.rounds if args.rounds is not None else (0 if args.quick else 5),
     )
 
 
@@ -758,7 +814,7 @@ def preflight() -> None:
 
 
 def run(opts: Options, ensure_plot: Callable[[], bool]) -> int:
-    from bench.report import write_outputs
+    from bench.report import TARGET_RATE, write_outputs
 
     preflight()
     ensure_tool("wrk")
@@ -795,6 +851,13 @@ def run(opts: Options, ensure_plot: Callable[[], bool]) -> int:
             except (BenchError, RuntimeError, OSError) as exc:  # report it, go on with the rest
                 failed[name] = str(exc).strip()
                 print(f"bench: case {name} failed: {failed[name]}", file=sys.stderr)
+        isolated = None
+        if opts.rounds > 0 and TARGET_RATE in opts.rates:
+            try:
+                isolated = isolation(env, TARGET_RATE)
+            except (BenchError, RuntimeError, OSError) as exc:
+                failed["isolation"] = str(exc).strip()
+                print(f"bench: the p99 rounds failed: {failed['isolation']}", file=sys.stderr)
         soaked = None
         if opts.soak_minutes > 0:
             try:
@@ -814,6 +877,7 @@ def run(opts: Options, ensure_plot: Callable[[], bool]) -> int:
         results=results,
         failed=failed,
         soak=soaked,
+        isolation=isolated,
         info=info,
         started_at=started_at,
         plot=can_plot,
