@@ -91,6 +91,19 @@ def checks(
     passing = _rate_run(results, "cutover-pass", TARGET_RATE)
     for label, attr, limit in (("p50", "p50_ms", 0.5), ("p99", "p99_ms", 2.0)):
         name = f"added {label} latency over direct {at} <= {limit:g} ms"
+        if isolation is not None:
+            medians = isolation[f"median_{attr}"]
+            mine, ref = medians["cutover-pass"], medians["direct"]
+            added = mine - ref
+            out.append(
+                Check(
+                    name,
+                    f"median of {isolation['rounds']} rounds in turns: {_ms(mine)} - {_ms(ref)} "
+                    f"= {added:+.3f} ms",
+                    "PASS" if added <= limit else "MISS",
+                )
+            )
+            continue
         if TARGET_RATE not in rates or direct is None or passing is None:
             out.append(Check(name, f"needs cases direct and cutover-pass {at}", "NOT RUN"))
             continue
