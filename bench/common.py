@@ -15,6 +15,19 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 PYTHON = sys.executable
+#: one cutover process on the routes.yaml of its working folder, logging warnings only
+CUTOVER_RUN = (
+    PYTHON,
+    "-m",
+    "proxy",
+    "--config",
+    "routes.yaml",
+    "run",
+    "--workers",
+    "1",
+    "--log-level",
+    "warning",
+)
 
 
 def ensure_tool(name: str, package: str | None = None) -> str:

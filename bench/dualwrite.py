@@ -19,7 +19,7 @@ from pathlib import Path
 import aiohttp
 import orjson
 
-from bench.common import PYTHON, Proc, free_port, pinned, routes_yaml, wait_port, wrk
+from bench.common import CUTOVER_RUN, PYTHON, Proc, free_port, pinned, routes_yaml, wait_port, wrk
 from proxy.demo.platforms import PlatformPorts, Simulators, run_simulators
 
 PATCH_LUA = """
@@ -55,18 +55,7 @@ def cutover(
         name,
         pinned(
             "0",
-            [
-                PYTHON,
-                "-m",
-                "proxy",
-                "--config",
-                "routes.yaml",
-                "run",
-                "--workers",
-                "1",
-                "--log-level",
-                "warning",
-            ],
+            list(CUTOVER_RUN),
         ),
         case / "cutover.log",
         cwd=case,

@@ -24,9 +24,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench.common import free_port
+from bench.common import CUTOVER_RUN, free_port
 from bench.procs import BenchError, Processes, raise_on_signals
-from bench.suite import PYTHON, cutover_yaml
+from bench.suite import cutover_yaml
 from bench.upstreams import PATH, ensure_nginx, start_nginx, upstream_conf
 
 CONNECTIONS = 8
@@ -76,21 +76,7 @@ def count(case: str, requests: int, work: Path, procs: Processes, old: int, new:
     out = folder / "callgrind.out"
     proc = procs.start(
         f"cutover-{case}",
-        [
-            "valgrind",
-            "--tool=callgrind",
-            f"--callgrind-out-file={out}.%p",
-            PYTHON,
-            "-m",
-            "proxy",
-            "--config",
-            "routes.yaml",
-            "run",
-            "--workers",
-            "1",
-            "--log-level",
-            "warning",
-        ],
+        ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}.%p", *CUTOVER_RUN],
         log=folder / "cutover.log",
         cwd=folder,
         env={"CUTOVER_ADMIN_TOKEN": secrets.token_hex(16)},

@@ -27,7 +27,7 @@ from pathlib import Path
 import aiohttp
 import orjson
 
-from bench.common import PYTHON, Proc, free_port, pinned, wait_port
+from bench.common import CUTOVER_RUN, PYTHON, Proc, free_port, pinned, wait_port
 from proxy.config.spec import MqttSpec
 from proxy.control import fleetctl
 from proxy.demo.platforms import run_simulators
@@ -109,18 +109,7 @@ async def _measure(started: list[Proc]) -> None:
                 f"i{n}",
                 pinned(
                     "0",
-                    [
-                        PYTHON,
-                        "-m",
-                        "proxy",
-                        "--config",
-                        "routes.yaml",
-                        "run",
-                        "--workers",
-                        "1",
-                        "--log-level",
-                        "warning",
-                    ],
+                    list(CUTOVER_RUN),
                 ),
                 case / "cutover.log",
                 cwd=case,

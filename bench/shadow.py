@@ -13,6 +13,7 @@ import tempfile
 from pathlib import Path
 
 from bench.common import (
+    CUTOVER_RUN,
     PYTHON,
     Proc,
     WrkResult,
@@ -64,18 +65,7 @@ def main() -> None:
                 case,
                 pinned(
                     "0",
-                    [
-                        PYTHON,
-                        "-m",
-                        "proxy",
-                        "--config",
-                        "routes.yaml",
-                        "run",
-                        "--workers",
-                        "1",
-                        "--log-level",
-                        "warning",
-                    ],
+                    list(CUTOVER_RUN),
                 ),
                 case_dir / "cutover.log",
                 cwd=case_dir,
