@@ -188,7 +188,8 @@ def render(
         f"{info['cpus']} cores ({info['cpu_model']}), Linux {info['kernel']}; {info['nginx']}; "
         f"{info['wrk'].split('[')[0].strip()}; Python {info['python']}, aiohttp "
         f"{info['aiohttp']}; cutover {info['git']}. Load average at start: "
-        f"{' '.join(info['loadavg_at_start'])}.",
+        f"{' '.join(info['loadavg_at_start'])}. Host speed: a plain Python loop step takes "
+        f"{info.get('python_step_ns', '?')} ns on core 0 (compare reports by it: bench/README.md).",
         "",
         "Server under test alone on core 0 (one nginx worker, or one cutover process); the fast "
         "upstream (one nginx worker serving old and new, ~1 KiB JSON), the slow upstream and wrk "

@@ -6,7 +6,7 @@ died (with backoff, not during shutdown), and exits 0 once they are all gone. Ea
 the kernel to send it SIGTERM when the parent dies (PR_SET_PDEATHSIG), so a `kill -9` of the
 parent never leaves orphans holding the port.
 
-How the parts work with N > 1 (docs/operations.md):
+How the parts work with N > 1 (README.md, "Worker processes"):
   - the data path: the kernel spreads connections over the workers' listening sockets;
   - routes.yaml: every worker watches it; a change through the admin API (worker 0) reaches the
     others within one poll of the file;

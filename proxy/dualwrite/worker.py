@@ -43,6 +43,10 @@ POLL_INTERVAL = 0.25
 WINDOW = 10_000  # ready entries held in memory per partition
 TARGET_PAUSE_MAX = 5.0  # also the longest a recovered target waits to be noticed
 Verify = Callable[[Route, OutboxEntry, IdEntry | None], None]
+#: why an intent has no outcome: its journal entry never got one (an operator reads this in
+#: the dead letters; with Redis as the store, a Redis outage while the primary answered looks
+#: the same as cutover stopping then)
+UNSEEN = "the primary's answer was never recorded: cutover stopped, or could not reach its store"
 
 
 @dataclass(slots=True)
@@ -433,13 +437,13 @@ class OutboxWorker:
         primary: Side = other_side(intent.target)
         reason = None
         if route is None or self.spec.recover == "dead-letter":
-            reason = "outcome unknown: cutover stopped while the primary was answering"
+            reason = f"outcome unknown: {UNSEEN}"
         elif intent.order_key:
             last = await self.store.last_commit(intent.order_key)
             if last is not None and last > intent.created:
                 reason = (
-                    "outcome unknown (cutover stopped while the primary was answering) and a "
-                    "newer write to the same record followed; not re-sent, so as not to undo it"
+                    f"outcome unknown ({UNSEEN}) and a newer write to the same record "
+                    "followed; not re-sent, so as not to undo it"
                 )
         if reason is not None or route is None:
             await self._bury(intent, reason or "route removed")
