@@ -256,3 +256,58 @@ async def test_the_console_sees_the_fleet_converge_on_a_fleet_rollback(fleet: Fl
         entries = (await r.json())["entries"]
     fleet_entry = next(e for e in entries if e["action"] == "fleet rollback")
     assert (fleet_entry["by"], fleet_entry["reason"]) == ("carol", "wait times up")
+
+
+async def test_a_guard_trip_on_one_instance_rolls_the_cell_back_on_every_instance(
+    fleet: Fleet, sims: Simulators, http
+):
+    """Only the first instance sees traffic, and the new platform fails half of it: its guard
+    rolls the cell back through the fleet's rollback flags, so the second instance, which saw
+    nothing, serves that customer from old too; other cells stay on new everywhere."""
+    doc = fleet.doc()
+    doc["routes"][0]["guard"] = {
+        "window": "60s",
+        "interval": "0.2s",
+        "min_requests": 20,
+        "max_error_rate": 0.1,
+    }
+    fleet.doc = lambda: doc  # type: ignore[method-assign]
+    busy, quiet = await fleet.start(2)
+    assert {await serving(http, m, "C-7") for m in (busy, quiet)} == {"new"}
+    sims.new_crm.set_faults(mode="flaky", error_rate=0.5, methods=["GET"])
+
+    async def busy_served_by_old() -> bool:
+        async with http.get(
+            f"{busy.url}/api/contacts?limit=1", headers={"X-Customer-Id": "C-7"}
+        ) as r:
+            await r.read()
+            return bool(r.headers.get("X-Cutover-Platform") == "old")
+
+    def tripped(member: CutoverProcess) -> list[dict[str, Any]]:
+        return [
+            e
+            for e in member.log_events()
+            if e.get("event") == "control_event" and e.get("kind") == "guard_tripped"
+        ]
+
+    await wait_for(busy_served_by_old, timeout=20, what="the guard to roll the cell back")
+    [event] = await wait_for(lambda: tripped(busy), what="the guard_tripped event")
+    sims.new_crm.set_faults(mode="ok")
+    assert await serving(http, quiet, "C-7") == "old"  # the fleet followed
+    other = "email" if event["channel"] != "email" else "phone"
+    for member in (busy, quiet):  # another channel is another cell: still on new
+        async with http.get(
+            f"{member.url}/api/contacts?limit=1",
+            headers={"X-Customer-Id": "C-7", "X-Channel": other},
+        ) as r:
+            assert r.status == 200
+            assert r.headers["X-Cutover-Platform"] == "new"
+    code, out, err = await fleet.cli("status", "--json")
+    assert code == 0, err
+    view = orjson.loads(out)
+    assert view["converged"] is True
+    [scope] = view["rollback_scopes"]
+    assert scope["route"] == "contacts"
+    assert (scope["channel"], scope["cohort"]) == (event["channel"], event["cohort"])
+    assert scope["by"] == "guard"
+    assert tripped(quiet) == [], "the quiet instance had nothing to judge: it followed the fleet"
