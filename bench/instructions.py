@@ -2,6 +2,7 @@
 
     python -m bench.instructions                 # pass-through and shadow, 2 000 requests each
     python -m bench.instructions --cases shadow --requests 5000
+    python -m bench.instructions --cases down    # shadow 100 % to a secondary that is down
 
 Timings on a shared VM move by 10-30 % from run to run; an instruction count is the same on
 every run of the same code (within ~0.1 %), so this is what a change to the hot path is judged
@@ -68,8 +69,8 @@ def count(case: str, requests: int, work: Path, procs: Processes, old: int, new:
             listen=listen,
             admin=admin,
             old=f"http://127.0.0.1:{old}",
-            new=f"http://127.0.0.1:{new}",
-            shadow=100 if case == "shadow" else 0,
+            new=f"http://127.0.0.1:{free_port() if case == 'down' else new}",
+            shadow=0 if case == "pass" else 100,
             dual_write=False,
         )
     )
@@ -101,7 +102,9 @@ def count(case: str, requests: int, work: Path, procs: Processes, old: int, new:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.instructions", description=__doc__)
-    parser.add_argument("--cases", default="pass,shadow", help="pass, shadow (default: both)")
+    parser.add_argument(
+        "--cases", default="pass,shadow", help="pass, shadow, down (default: pass,shadow)"
+    )
     parser.add_argument("--requests", type=int, default=2000)
     args = parser.parse_args(argv)
     if not shutil.which("valgrind") or not shutil.which("callgrind_control"):

@@ -154,6 +154,20 @@ class Lane:
         self._waiting.append((now, job))
         return None
 
+    def turn_away(self, closing: bool) -> DropReason | None:
+        """Drop now (counted) what `submit` would drop whatever the job: a closing dispatcher,
+        an open circuit between trials, a full lane and queue. Asked before a job is built, so
+        that a secondary that is down or saturated costs each request a few comparisons rather
+        than a job's worth of objects; `submit` still decides (the rate budget, the trial)."""
+        if closing:
+            return self._drop("closed")
+        breaker = self.breaker
+        if breaker.is_open and time.monotonic() < breaker.open_until:
+            return self._drop("circuit_open")
+        if self.in_flight >= self.limits.concurrency and len(self._waiting) >= self.limits.queue:
+            return self._drop("queue_full")
+        return None
+
     def report(self, reachable: bool) -> None:
         """What a job saw of the upstream: an answer (any status), or none at all."""
         if reachable:
@@ -229,6 +243,10 @@ class MirrorDispatcher:
     def submit(self, name: str, limits: MirrorLimits, job: Job) -> DropReason | None:
         """Start or queue `job` on the upstream's lane; the reason when it was dropped."""
         return self.lane(name, limits).submit(job, self._closing)
+
+    def turn_away(self, name: str, limits: MirrorLimits) -> DropReason | None:
+        """Before building a job for `name`: the reason it would be dropped anyway (counted)."""
+        return self.lane(name, limits).turn_away(self._closing)
 
     def report(self, name: str, reachable: bool) -> None:
         """A job's view of upstream `name` (see Breaker); unknown names are ignored."""

@@ -337,6 +337,9 @@ class Proxy:
         if not decision.shadow or self.shadowing is None:
             return None
         route = decision.route
+        secondary = table.upstream(decision.secondary, route.api)
+        if self.shadowing.turned_away(decision, secondary):
+            return None
         client = ClientHeaders(
             items=tuple(request.headers.items()),
             named=named,
@@ -347,7 +350,7 @@ class Proxy:
         )
         return await self.shadowing.start(
             decision,
-            table.upstream(decision.secondary, route.api),
+            secondary,
             table.upstream(decision.primary, route.api),
             method=request.method,
             path=path,

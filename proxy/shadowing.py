@@ -298,6 +298,15 @@ class Shadowing:
     def noise_report(self) -> dict[str, dict[str, int]]:
         return {name: dict(lr.snapshot().counts) for name, lr in self._learners.items()}
 
+    def turned_away(self, decision: Decision, secondary: Upstream) -> bool:
+        """True (counted as dropped) when the secondary's lane would drop this read anyway."""
+        reason = self.dispatcher.turn_away(secondary.name, secondary.mirror)
+        if reason is None:
+            return False
+        identity = decision.identity
+        self.stats.dropped((decision.route.name, identity.channel, identity.cohort), reason)
+        return True
+
     async def start(
         self,
         decision: Decision,

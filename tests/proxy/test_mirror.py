@@ -192,3 +192,28 @@ async def test_a_job_that_waited_past_max_wait_is_dropped_as_stale():
     await wait_for(lambda: started == [0, 3], what="the fresh job to run after the first")
     assert dispatcher.snapshot()["new-crm"]["dropped_stale"] == 2
     await dispatcher.drain(timeout=5)
+
+
+async def test_turn_away_drops_before_a_job_exists_only_what_submit_would_drop():
+    dispatcher = MirrorDispatcher()
+    limits = MirrorLimits(concurrency=1, queue=1, rate=0)
+    release, started = asyncio.Event(), list[int]()
+    assert dispatcher.turn_away("new-crm", limits) is None  # room: build the job
+    assert dispatcher.submit("new-crm", limits, blocked_job(started, release, 0)) is None
+    assert dispatcher.turn_away("new-crm", limits) is None  # the queue still has room
+    assert dispatcher.submit("new-crm", limits, blocked_job(started, release, 1)) is None
+    assert dispatcher.turn_away("new-crm", limits) == "queue_full"
+    lane = dispatcher.lane("new-crm", limits)
+    assert (lane.in_flight, lane.queued) == (1, 1)  # turning away touched no job
+    for _ in range(BREAKER_THRESHOLD):
+        dispatcher.report("new-crm", reachable=False)
+    assert dispatcher.turn_away("new-crm", limits) == "circuit_open"
+    lane.breaker.open_until = 0.0  # the cool-off is over: the trial is submit's to let through
+    assert dispatcher.turn_away("new-crm", limits) is None
+    assert dispatcher.submit("new-crm", limits, blocked_job(started, release, 2)) is None
+    assert lane.breaker.trial
+    assert dispatcher.snapshot()["new-crm"]["dropped_queue_full"] == 1
+    assert dispatcher.snapshot()["new-crm"]["dropped_circuit_open"] == 2  # the shed one, too
+    release.set()
+    await dispatcher.drain(timeout=5)
+    assert dispatcher.turn_away("new-crm", limits) == "closed"
