@@ -62,10 +62,10 @@ from proxy.http1.wire import HeaderInjection, WriteFlow, head_bytes, reason_for
 
 log = structlog.get_logger("cutover.http")
 
-#: request body bytes held (unread by the handler) before the socket stops being read
 #: uri-host [":" port] (RFC 9110 §4.2.3, RFC 3986 §3.2.2): a reg-name, an IPv4, or an IP literal
 _HOST: Final = re.compile(r"(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9\-._~!$&'()*+,;=%]*)(?::[0-9]*)?\Z")
 _VERSIONS: Final = frozenset({"1.1", "1.0"})
+#: request body bytes held (unread by the handler) before the socket stops being read
 READ_HIGH_WATER: Final = 256 * 1024
 READ_LOW_WATER: Final = 64 * 1024
 SWEEP_EVERY: Final = 0.5
