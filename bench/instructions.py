@@ -27,7 +27,7 @@ from pathlib import Path
 
 from bench.common import CUTOVER_RUN, free_port
 from bench.procs import BenchError, Processes, raise_on_signals
-from bench.suite import cutover_yaml
+from bench.suite import write_case_config
 from bench.upstreams import PATH, ensure_nginx, start_nginx, upstream_conf
 
 CONNECTIONS = 8
@@ -62,17 +62,12 @@ def _callgrind(pid: int, command: str) -> None:
 
 def count(case: str, requests: int, work: Path, procs: Processes, old: int, new: int) -> float:
     folder = work / case
-    folder.mkdir()
-    listen, admin = free_port(), free_port()
-    (folder / "routes.yaml").write_text(
-        cutover_yaml(
-            listen=listen,
-            admin=admin,
-            old=f"http://127.0.0.1:{old}",
-            new=f"http://127.0.0.1:{free_port() if case == 'down' else new}",
-            shadow=0 if case == "pass" else 100,
-            dual_write=False,
-        )
+    listen, _ = write_case_config(
+        folder,
+        old=f"http://127.0.0.1:{old}",
+        new=f"http://127.0.0.1:{free_port() if case == 'down' else new}",
+        shadow=0 if case == "pass" else 100,
+        dual_write=False,
     )
     out = folder / "callgrind.out"
     proc = procs.start(

@@ -32,7 +32,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from bench.common import REPO, ensure_tool, free_port
+from bench.common import CUTOVER_RUN, REPO, ensure_tool, free_port
 from bench.load import Request, Run, run_wrk
 from bench.procs import (
     BenchError,
@@ -175,24 +175,33 @@ routes:
 """
 
 
+def write_case_config(
+    folder: Path, *, old: str, new: str, shadow: int, dual_write: bool
+) -> tuple[int, int]:
+    """`folder`/routes.yaml for one case on two free ports: (listen, admin)."""
+    folder.mkdir(exist_ok=True)
+    listen, admin = free_port(), free_port()
+    (folder / "routes.yaml").write_text(
+        cutover_yaml(
+            listen=listen, admin=admin, old=old, new=new, shadow=shadow, dual_write=dual_write
+        )
+    )
+    return listen, admin
+
+
 def start_cutover(env: Env, name: str, new_url: str, shadow: int, dual_write: bool) -> Target:
     case_dir = env.work / name
-    case_dir.mkdir(exist_ok=True)
-    listen, admin = free_port(), free_port()
-    (case_dir / "routes.yaml").write_text(
-        cutover_yaml(
-            listen=listen,
-            admin=admin,
-            old=f"http://127.0.0.1:{env.old_port}",
-            new=new_url,
-            shadow=shadow,
-            dual_write=dual_write,
-        )
+    listen, admin = write_case_config(
+        case_dir,
+        old=f"http://127.0.0.1:{env.old_port}",
+        new=new_url,
+        shadow=shadow,
+        dual_write=dual_write,
     )
     token = secrets.token_hex(16)
     proc = env.procs.start(
         name,
-        [PYTHON, "-m", "proxy", "--config", "routes.yaml", "run", "--log-level", "warning"],
+        list(CUTOVER_RUN),
         log=case_dir / "cutover.log",
         cpus=str(SUT_CORE),
         cwd=case_dir,
@@ -490,15 +499,7 @@ def run_case(env: Env, name: str) -> CaseResult:
                 f"other processes were using {busy_before:.0%} of a bench core when it started"
             )
         extra: dict[str, Any] = {}
-        # warm-up: connections, pools, caches
-        run_wrk(
-            target.url,
-            target.request,
-            seconds=opts.warmup,
-            connections=opts.connections,
-            cpus=str(LOAD_CORE),
-            work=env.work,
-        )
+        warm_up(env, target)
         if name == "cutover-dualwrite":
             drain(target, 60)
         env.retry_budget = RETRY_BUDGET
@@ -581,6 +582,18 @@ def drain(target: Target, timeout: float) -> int:
     return depth
 
 
+def warm_up(env: Env, target: Target) -> None:
+    """Unmeasured load first: connections, pools, caches."""
+    run_wrk(
+        target.url,
+        target.request,
+        seconds=env.opts.warmup,
+        connections=env.opts.connections,
+        cpus=str(LOAD_CORE),
+        work=env.work,
+    )
+
+
 ISOLATION_CASES = ("direct", "cutover-pass", "cutover-shadow-slow", "cutover-shadow-down")
 
 
@@ -601,15 +614,8 @@ def isolation(env: Env, rate: int) -> dict[str, Any]:
     runs: dict[str, list[Run]] = {name: [] for name in ISOLATION_CASES}
     with contextlib.ExitStack() as stack:
         targets = {name: stack.enter_context(case_target(env, name)) for name in ISOLATION_CASES}
-        for target in targets.values():  # warm-up
-            run_wrk(
-                target.url,
-                target.request,
-                seconds=opts.warmup,
-                connections=opts.connections,
-                cpus=str(LOAD_CORE),
-                work=env.work,
-            )
+        for target in targets.values():
+            warm_up(env, target)
         for round_ in range(opts.rounds):
             wait_quiet(env)
             for name, target in targets.items():
