@@ -26,7 +26,7 @@ Command = Callable[[argparse.Namespace], int]
 
 def _run(args: argparse.Namespace) -> int:
     from proxy.observe import configure_logging
-    from proxy.runner import compiled_parser_in_use, install_uvloop, serve
+    from proxy.runner import compiled_parser_in_use, install_uvloop, serve, unwritable_dirs
     from proxy.workers import Parent, default_workers, die_with_parent
 
     configure_logging(args.log_level)
@@ -41,9 +41,14 @@ def _run(args: argparse.Namespace) -> int:
         die_with_parent()
         install_uvloop()
         return asyncio.run(serve(args.config, worker=args.worker, workers=args.of))
+    # a file that cannot run, or folders that cannot be written, exit 2 here, before any worker
+    problems = unwritable_dirs(load_config(args.config))
+    for problem in problems:
+        print(f"cutover: {problem}", file=sys.stderr)
+    if problems:
+        return 2
     workers = args.workers if args.workers is not None else default_workers()
     if workers > 1:
-        load_config(args.config)  # a file that cannot run exits 2 here, not in N restart loops
         return Parent(
             ["--config", args.config, "run", "--log-level", args.log_level], workers
         ).run()

@@ -17,6 +17,7 @@ import os
 import re
 import signal
 import socket
+import tempfile
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -95,6 +96,26 @@ def limits_of(table: RouteTable) -> Limits:
         body_timeout=spec.body_timeout,
         keepalive_timeout=spec.keepalive_timeout,
     )
+
+
+def unwritable_dirs(table: RouteTable) -> list[str]:
+    """The folders cutover must write to, created now; what cannot be written, said.
+
+    The state directory keeps the fleet's rollback flags, plan progress and the audit list, so
+    a volume mounted read-only or owned by another uid must stop the start, not surface at the
+    first rollback that cannot be saved."""
+    problems = []
+    for what, path in (
+        ("state_dir", table.resolve(table.spec.state_dir)),
+        ("diff_log.dir", table.resolve(table.spec.diff_log.dir)),
+    ):
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+            with tempfile.TemporaryFile(dir=path):
+                pass
+        except OSError as exc:
+            problems.append(f"{what} {path} is not writable: {exc.strerror or exc}")
+    return problems
 
 
 def instance_id(table: RouteTable) -> str:

@@ -156,3 +156,33 @@ def test_a_broken_routes_yaml_exits_2_before_any_worker_starts(tmp_path: Path):
     assert done.returncode == 2, done.stderr
     assert "routes.yaml" in done.stderr
     assert "worker_started" not in done.stdout + done.stderr
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_a_state_dir_that_cannot_be_written_exits_2_before_serving(tmp_path: Path, workers: str):
+    """The fleet's rollback flags and plan progress are kept in state_dir: a folder that cannot
+    be written stops the start with its path, instead of failing at the first rollback."""
+    from ruamel.yaml import YAML
+
+    yaml = YAML(typ="safe")
+    doc = yaml.load(Path(__file__).parents[2] / "routes.yaml")
+    (tmp_path / "occupied").write_text("a file, not a folder")
+    doc.update(
+        state_dir=str(tmp_path / "occupied" / "state"),
+        store=f"sqlite:///{tmp_path}/cutover.db",
+        diff_log={"dir": str(tmp_path / "diffs")},
+    )
+    config = tmp_path / "routes.yaml"
+    with config.open("w") as fh:
+        yaml.dump(doc, fh)
+    done = subprocess.run(
+        [sys.executable, "-m", "proxy", "--config", str(config), "run", "--workers", workers],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert done.returncode == 2, done.stderr
+    assert f"state_dir {tmp_path}/occupied/state is not writable" in done.stderr
+    assert "listening" not in done.stdout + done.stderr
+    assert (tmp_path / "diffs").is_dir()  # the folder that can be written is ready
