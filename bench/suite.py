@@ -74,6 +74,11 @@ WRITE = Request(
 SKIP_ABOVE = 1.1  # fixed rates above this x the saturation throughput are not attempted
 RETRY_ABOVE = 0.10  # a run is repeated when others took more of core 0 or 1 than this
 RETRY_BUDGET = 2  # repeats per case, to bound the time on a busy machine
+#: an isolation run whose cores lost more than this share to the hypervisor (steal) is measured
+#: again, up to STEAL_REPEATS times, and the least-stolen run kept: on this kind of VM a run with
+#: 5-20 % steal had a p99 4-10 x its neighbours', whatever the case
+STEAL_RETRY_ABOVE = 0.01
+STEAL_REPEATS = 2
 
 
 @dataclass
@@ -612,6 +617,7 @@ def isolation(env: Env, rate: int) -> dict[str, Any]:
         flush=True,
     )
     runs: dict[str, list[Run]] = {name: [] for name in ISOLATION_CASES}
+    repeats = 0
     with contextlib.ExitStack() as stack:
         targets = {name: stack.enter_context(case_target(env, name)) for name in ISOLATION_CASES}
         for target in targets.values():
@@ -622,12 +628,24 @@ def isolation(env: Env, rate: int) -> dict[str, Any]:
                 for other in targets.values():  # only the one measured is busy
                     settle(other.sut_pid)
                 run = measure(env, target, seconds=opts.seconds, rate=rate)
+                for _ in range(STEAL_REPEATS):
+                    if run.steal <= STEAL_RETRY_ABOVE:
+                        break
+                    print(f"   ({name}: {run.steal:.1%} steal: measuring again)", flush=True)
+                    repeats += 1
+                    settle(target.sut_pid)
+                    again = measure(env, target, seconds=opts.seconds, rate=rate)
+                    run = again if again.steal < run.steal else run
                 runs[name].append(run)
-                print(f"   round {round_ + 1} {name:<20} {fmt_rate_run(run)}", flush=True)
+                print(
+                    f"   round {round_ + 1} {name:<20} {fmt_rate_run(run)}  steal {run.steal:.1%}",
+                    flush=True,
+                )
     medians = {name: statistics.median(r.p99_ms or 0.0 for r in got) for name, got in runs.items()}
     return {
         "rate": rate,
         "rounds": opts.rounds,
+        "steal_repeats": repeats,
         "median_p99_ms": medians,
         "median_p50_ms": {
             name: statistics.median(r.p50_ms or 0.0 for r in got) for name, got in runs.items()

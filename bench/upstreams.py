@@ -17,7 +17,7 @@ import os
 import shutil
 import subprocess
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import orjson
 
@@ -238,17 +238,68 @@ def nginx_worker(master: Proc, timeout: float = 5.0) -> int:
 # --- the slow upstream ---------------------------------------------------------------------
 
 
+class _SlowAnswers(asyncio.Protocol):
+    """HTTP/1.1 keep-alive, answering each request `delay` seconds after it came, in order.
+
+    A few asyncio callbacks per request and no framework: the slow upstream shares core 1 with
+    wrk, and an aiohttp server's ~0.3 ms per request there (~10 % of the core at 256 answers/s,
+    in bursts) delayed wrk's own reads and showed up as cutover's p99."""
+
+    def __init__(self, delay: float, answer: bytes) -> None:
+        self.delay = delay
+        self.answer = answer
+        self.buffer = b""
+        self.transport: asyncio.Transport | None = None
+        self.loop = asyncio.get_running_loop()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
+
+    def data_received(self, data: bytes) -> None:
+        self.buffer += data
+        while (end := self.buffer.find(b"\r\n\r\n")) >= 0:
+            head = self.buffer[:end].lower()
+            length = 0
+            for line in head.split(b"\r\n")[1:]:
+                name, _, value = line.partition(b":")
+                if name.strip() == b"content-length":
+                    length = int(value)
+                elif name.strip() == b"transfer-encoding":
+                    self._refuse()
+                    return
+            if len(self.buffer) < end + 4 + length:
+                return
+            self.buffer = self.buffer[end + 4 + length :]
+            self.loop.call_later(self.delay, self._answer)
+
+    def _answer(self) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.write(self.answer)
+
+    def _refuse(self) -> None:  # cutover's shadow reads carry no chunked bodies
+        assert self.transport is not None
+        self.transport.write(b"HTTP/1.1 501 Not Implemented\r\nContent-Length: 0\r\n\r\n")
+        self.transport.close()
+
+
 def _serve_slow(port: int, delay: float) -> None:
-    from aiohttp import web
+    answer = (
+        b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+        + f"Content-Length: {len(BODY_NEW)}\r\n\r\n".encode()
+        + BODY_NEW
+    )
 
-    async def answer(request: web.Request) -> web.Response:
-        await request.read()
-        await asyncio.sleep(delay)
-        return web.Response(body=BODY_NEW, content_type="application/json")
+    async def serve() -> None:
+        loop = asyncio.get_running_loop()
+        server = await loop.create_server(
+            lambda: _SlowAnswers(delay, answer), "127.0.0.1", port, backlog=4096
+        )
+        async with server:
+            await server.serve_forever()
 
-    app = web.Application()
-    app.router.add_route("*", "/{tail:.*}", answer)
-    web.run_app(app, host="127.0.0.1", port=port, access_log=None, print=None, backlog=4096)
+    import uvloop
+
+    uvloop.run(serve())
 
 
 def main() -> None:

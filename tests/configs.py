@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import atexit
 import copy
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -14,13 +16,21 @@ from proxy.config import RouteTable, parse_config
 REPO = Path(__file__).resolve().parent.parent
 
 
+def scratch_dir() -> str:
+    """A state folder outside the repository (in-process tests never write it), removed when
+    the test run ends so that runs do not pile folders up in /tmp."""
+    path = tempfile.mkdtemp(prefix="cutover-test-")
+    atexit.register(shutil.rmtree, path, ignore_errors=True)
+    return path
+
+
 def base_doc(
     old: str = "http://127.0.0.1:9001",
     new: str = "http://127.0.0.1:9101",
     old_ticketing: str = "http://127.0.0.1:9002",
     new_ticketing: str = "http://127.0.0.1:9102",
 ) -> dict[str, Any]:
-    state = tempfile.mkdtemp(prefix="cutover-test-")  # in-process tests never write the repo
+    state = scratch_dir()
     return {
         "version": 1,
         "migration": "crm-2026",
@@ -85,7 +95,7 @@ def demo_doc(sims: Any) -> dict[str, Any]:
     doc["listen"] = "127.0.0.1:0"
     doc["admin"] = {"listen": "127.0.0.1:0"}
     # a store of its own: in-process tests must never write into the repository
-    state = tempfile.mkdtemp(prefix="cutover-test-")
+    state = scratch_dir()
     doc["store"] = f"sqlite:///{state}/cutover.db"
     doc["state_dir"] = state
     doc["diff_log"] = {"dir": f"{state}/diffs"}

@@ -129,11 +129,15 @@ class SecureBroker:
 
 @pytest.fixture
 async def broker() -> AsyncIterator[SecureBroker]:
+    # not tmp_path: the broker drops root for its own user, which must reach the files
     tmp = Path(tempfile.mkdtemp(prefix="cutover-tls-"))
     secure = SecureBroker(tmp)
-    await secure.start()
-    yield secure
-    await secure.stop()
+    try:
+        await secure.start()
+        yield secure
+        await secure.stop()
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 async def test_a_rollback_over_tls_with_credentials(broker: SecureBroker, monkeypatch, tmp_path):

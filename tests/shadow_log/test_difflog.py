@@ -280,12 +280,12 @@ def test_a_full_queue_refuses_and_counts(tmp_path: Path, writers: list[DiffLogWr
 def test_an_unserialisable_record_is_dropped_alone(
     tmp_path: Path, writers: list[DiffLogWriter]
 ) -> None:
-    """A record orjson cannot write (a cycle) is dropped and counted; its batch is written."""
+    """A record orjson cannot write (a cycle) is dropped and counted; the others are written."""
     cyclic: dict[str, Any] = {"request_id": "cycle"}
     cyclic["self"] = cyclic
     writer = make(writers, tmp_path)
     writer.submit(record("a"))
-    writer.submit(cyclic)
+    assert not writer.submit(cyclic)  # refused at once: records are serialised by submit
     writer.submit(record("b", extra={1, 2}, where=tmp_path))  # sets and paths become JSON
     writer.start()
     assert writer.close(WAIT)
@@ -383,3 +383,17 @@ def test_an_unexpected_error_costs_one_batch_not_the_thread(
     assert writer.close(WAIT)
     assert (writer.written, writer.dropped, writer.errors) == (1, 1, 1)
     assert [r["request_id"] for r in read_lines(tmp_path / "diffs-i1.jsonl")] == ["kept"]
+
+
+def test_a_record_is_written_as_it_was_when_submitted(
+    tmp_path: Path, writers: list[DiffLogWriter]
+) -> None:
+    """submit serialises (the writer thread only writes bytes, so it hardly holds the GIL the
+    event loop needs): a record changed afterwards is written as it was."""
+    writer = make(writers, tmp_path)
+    changing = record("then")
+    assert writer.submit(changing)
+    changing["request_id"] = "later"
+    writer.start()
+    assert writer.close(WAIT)
+    assert [line["request_id"] for line in read_lines(tmp_path / "diffs-i1.jsonl")] == ["then"]
