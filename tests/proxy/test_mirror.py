@@ -217,3 +217,31 @@ async def test_turn_away_drops_before_a_job_exists_only_what_submit_would_drop()
     release.set()
     await dispatcher.drain(timeout=5)
     assert dispatcher.turn_away("new-crm", limits) == "closed"
+
+
+async def test_a_slow_lane_queues_only_what_it_can_start_within_max_wait():
+    """Jobs holding their slot 0.1 s, 2 slots: 20 start per second, so of a 100-job queue
+    with max_wait 0.2 s only ~4 could start in time (80 % of it is kept: 3). The rest are
+    turned away at once instead of being built, held and dropped as stale."""
+    dispatcher = MirrorDispatcher()
+    limits = MirrorLimits(concurrency=2, queue=100, rate=0, max_wait=0.2)
+    lane = dispatcher.lane("new-crm", limits)
+
+    async def slow_job() -> None:
+        await asyncio.sleep(0.1)  # the secondary taking its time
+
+    for _ in range(2):
+        assert dispatcher.submit("new-crm", limits, slow_job) is None
+    await wait_for(lambda: lane.started == 2 and lane.in_flight == 0, what="two slow jobs")
+    release, started = asyncio.Event(), list[int]()
+    reasons = [
+        dispatcher.submit("new-crm", limits, blocked_job(started, release, i)) for i in range(12)
+    ]
+    queued = lane.queued
+    assert 1 <= queued <= 3, queued
+    assert reasons == [None] * (2 + queued) + ["queue_full"] * (10 - queued)
+    assert dispatcher.turn_away("new-crm", limits) == "queue_full"
+    release.set()
+    await wait_for(lambda: len(started) == 2 + queued, what="the queued jobs to run")
+    assert await dispatcher.drain(timeout=5) == 0
+    assert dispatcher.snapshot()["new-crm"].get("dropped_stale", 0) == 0
