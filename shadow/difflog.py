@@ -207,9 +207,8 @@ class DiffLogWriter:
         """Queue one record without waiting; False (and counted as dropped) when it cannot be.
 
         The record is serialised here, in the caller's thread (a few microseconds), so that the
-        writer thread only joins and writes bytes. Serialising a batch there held the GIL for
-        milliseconds at a time, and the event loop waited for it: with a 500 ms slow secondary
-        that was most of the primary's p99 (bench/README.md).
+        writer thread only joins and writes bytes: serialising a whole batch there held the GIL
+        for up to a few milliseconds, which the event loop then waited for (bench/README.md).
         """
         try:
             line = orjson.dumps(record, default=_default, option=_DUMPS_OPTIONS)
