@@ -393,6 +393,7 @@ def _children_cpu() -> float:
 COUNTERS = {
     "cutover_shadow_total": "shadow",
     "cutover_mirror_dropped_total": "mirror_dropped",
+    "cutover_secondary_deferred_total": "deferred",
     "cutover_outbox_sent_total": "outbox_sent",
 }
 

@@ -35,6 +35,7 @@ from proxy.dualwrite.model import IdEntry
 from proxy.dualwrite.store import Store, StoreError, open_store
 from proxy.dualwrite.verify import Verifier
 from proxy.dualwrite.worker import OutboxWorker
+from proxy.idlegate import IdleGate
 from proxy.metrics import export, sibling_path
 from proxy.mirror import MirrorDispatcher
 from proxy.observe import CustomerHasher
@@ -162,7 +163,7 @@ def build(
     telemetry = Telemetry(table)
     shadowing = Shadowing(
         clients,
-        MirrorDispatcher(),
+        MirrorDispatcher(gate=IdleGate()),
         ShadowStats(),
         hasher,
         sink=sink,

@@ -10,6 +10,8 @@ lookups. Series and labels (every label set bounded by the table in force):
   cutover_mirror_dropped_total{upstream,reason}                  secondary work shed
   cutover_mirror_in_flight{upstream}
   cutover_mirror_circuit_open{upstream}                          workers skipping a down upstream
+  cutover_secondary_deferred_total{result}                       secondary work that waited for
+                                                                 an idle loop: idle|overdue
   cutover_outbox_pending{target}, cutover_outbox_dead, cutover_outbox_intents
   cutover_outbox_sent_total, cutover_outbox_failed_total, cutover_outbox_lag_seconds{quantile}
   cutover_config_info{version,migration,instance}                 always 1
@@ -56,13 +58,16 @@ class CutoverCollector(Collector):
     def __init__(self, parts: Parts) -> None:
         self.parts = parts
 
-    def _merged(self) -> tuple[Telemetry, ShadowStats, dict[str, dict[str, int]]]:
+    def _merged(
+        self,
+    ) -> tuple[Telemetry, ShadowStats, dict[str, dict[str, int]], dict[str, int]]:
         """This process's counters plus the other workers' latest (docs: proxy/workers.py)."""
         parts = self.parts
         mirrors = parts.shadowing.dispatcher.snapshot()
+        deferred = dict(parts.shadowing.dispatcher.deferred())
         siblings = read_siblings(parts)
         if not siblings:
-            return parts.telemetry, parts.shadowing.stats, mirrors
+            return parts.telemetry, parts.shadowing.stats, mirrors, deferred
         telemetry = Telemetry(parts.control.table)
         telemetry.absorb(parts.telemetry.export())
         shadow = ShadowStats()
@@ -75,11 +80,13 @@ class CutoverCollector(Collector):
                 mine = merged.setdefault(upstream, {})
                 for key, value in counts.items():
                     mine[key] = mine.get(key, 0) + int(value)
-        return telemetry, shadow, merged
+            for key, value in data.get("deferred", {}).items():
+                deferred[key] = deferred.get(key, 0) + int(value)
+        return telemetry, shadow, merged, deferred
 
     def collect(self) -> Iterator[Metric]:
         parts = self.parts
-        telemetry, shadow_stats, mirrors = self._merged()
+        telemetry, shadow_stats, mirrors, deferred = self._merged()
         control = parts.control
         table = control.table
 
@@ -139,6 +146,16 @@ class CutoverCollector(Collector):
         yield dropped
         yield in_flight
         yield circuit
+
+        waited = CounterMetricFamily(
+            "cutover_secondary_deferred",
+            "Secondary work that waited for a pass of the event loop with no client request: "
+            "let through then (idle) or after the longest wait, under load (overdue)",
+            labels=["result"],
+        )
+        for result, count in sorted(deferred.items()):
+            waited.add_metric([result], count)
+        yield waited
 
         yield from self._outbox()
 
@@ -250,6 +267,7 @@ def export(parts: Parts) -> bytes:
             "telemetry": parts.telemetry.export(),
             "shadow": parts.shadowing.stats.export(),
             "mirrors": parts.shadowing.dispatcher.snapshot(),
+            "deferred": parts.shadowing.dispatcher.deferred(),
         }
     )
 

@@ -460,6 +460,9 @@ class _Exchange:
         if control is None:
             sh.stats.count(self.cell, "aborted")
             return
+        gate = sh.dispatcher.gate
+        if gate is not None:  # the comparison and the record, after the client requests
+            await gate.turn()
         if control.observation is None or candidate.observation is None:
             sh.stats.count(self.cell, "error")
             self._record(control, candidate, None)

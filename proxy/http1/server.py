@@ -59,6 +59,7 @@ from proxy.errors import (
     VersionNotSupported,
 )
 from proxy.http1.wire import HeaderInjection, WriteFlow, head_bytes, reason_for
+from proxy.idlegate import IdleGate
 
 log = structlog.get_logger("cutover.http")
 
@@ -560,6 +561,8 @@ class _Connection(WriteFlow):
             self._answer_now(request, Overloaded("too many requests in flight; retry shortly"))
             return
         server.in_flight += 1
+        if server.gate is not None:
+            server.gate.enter()
         task = server.loop.create_task(self._run(request))
         server.tasks.add(task)
         task.add_done_callback(server.tasks.discard)
@@ -580,6 +583,8 @@ class _Connection(WriteFlow):
                 respond.abort()
         finally:
             self.server.in_flight -= 1
+            if self.server.gate is not None:
+                self.server.gate.leave()
             transport = self.transport
             gone = self.closed or transport is None or transport.is_closing()
             if respond.started and not respond.finished:
@@ -759,9 +764,10 @@ def _canned(status: int, kind: str, title: str, detail: str, *, retry: bool = Fa
 class HttpServer:
     """Owns the listening socket, the connections, and the tasks running the handler."""
 
-    def __init__(self, handler: Handler, limits: Limits) -> None:
+    def __init__(self, handler: Handler, limits: Limits, gate: IdleGate | None = None) -> None:
         self.handler = handler
         self.limits = limits
+        self.gate = gate  # told when requests start and end: secondary work waits for idle
         self.connections: set[_Connection] = set()
         self.tasks: set[asyncio.Task[None]] = set()
         self.in_flight = 0

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
+from collections.abc import Awaitable, Callable
 
 from proxy.config.spec import MirrorLimits
 from proxy.mirror import (
@@ -10,10 +12,26 @@ from proxy.mirror import (
     BREAKER_COOL_OFF_MAX,
     BREAKER_THRESHOLD,
     Breaker,
+    Lane,
     MirrorDispatcher,
     TokenBucket,
 )
 from tests.processes import wait_for
+
+
+async def slow_lane(dispatcher: MirrorDispatcher, limits: MirrorLimits) -> Lane:
+    """A lane that has learned its jobs hold their slot 0.1 s: one such job per slot, done."""
+    lane = dispatcher.lane("new-crm", limits)
+
+    async def slow_job() -> None:
+        await asyncio.sleep(0.1)  # the secondary taking its time
+
+    for _ in range(limits.concurrency):
+        assert dispatcher.submit("new-crm", limits, slow_job) is None
+    await wait_for(
+        lambda: lane.started == limits.concurrency and lane.in_flight == 0, what="slow jobs"
+    )
+    return lane
 
 
 def blocked_job(started: list[int], release: asyncio.Event, i: int):
@@ -225,14 +243,7 @@ async def test_a_slow_lane_queues_only_what_it_can_start_within_max_wait():
     turned away at once instead of being built, held and dropped as stale."""
     dispatcher = MirrorDispatcher()
     limits = MirrorLimits(concurrency=2, queue=100, rate=0, max_wait=0.2)
-    lane = dispatcher.lane("new-crm", limits)
-
-    async def slow_job() -> None:
-        await asyncio.sleep(0.1)  # the secondary taking its time
-
-    for _ in range(2):
-        assert dispatcher.submit("new-crm", limits, slow_job) is None
-    await wait_for(lambda: lane.started == 2 and lane.in_flight == 0, what="two slow jobs")
+    lane = await slow_lane(dispatcher, limits)
     release, started = asyncio.Event(), list[int]()
     reasons = [
         dispatcher.submit("new-crm", limits, blocked_job(started, release, i)) for i in range(12)
@@ -245,3 +256,33 @@ async def test_a_slow_lane_queues_only_what_it_can_start_within_max_wait():
     await wait_for(lambda: len(started) == 2 + queued, what="the queued jobs to run")
     assert await dispatcher.drain(timeout=5) == 0
     assert dispatcher.snapshot()["new-crm"].get("dropped_stale", 0) == 0
+
+
+async def test_slots_that_free_together_start_their_queued_jobs_paced():
+    """A clump of answers frees a clump of slots; starting the queued jobs at once would send a
+    clump of requests, whose answers come back as a clump and hold the event loop. Jobs that
+    held their slot ~0.1 s, 4 slots: queued jobs start ~0.9 x 0.1 / 4 s apart, not within
+    microseconds (the four quick jobs that free the slots pull the average down to ~0.066 s)."""
+    dispatcher = MirrorDispatcher()
+    limits = MirrorLimits(concurrency=4, queue=100, rate=0, max_wait=5.0)
+    lane = await slow_lane(dispatcher, limits)
+    loop = asyncio.get_running_loop()
+    first, queued, starts = asyncio.Event(), asyncio.Event(), list[float]()
+
+    def job(release: asyncio.Event) -> Callable[[], Awaitable[None]]:
+        async def run() -> None:
+            starts.append(loop.time())
+            await release.wait()
+
+        return run
+
+    assert [dispatcher.submit("new-crm", limits, job(first)) for _ in range(4)] == [None] * 4
+    assert [dispatcher.submit("new-crm", limits, job(queued)) for _ in range(4)] == [None] * 4
+    assert (lane.in_flight, lane.queued) == (4, 4)  # a free lane starts at once; then queue
+    first.set()  # four slots free together
+    await wait_for(lambda: len(starts) == 8, what="the queued jobs to start")
+    gaps = [b - a for a, b in itertools.pairwise(starts[4:])]
+    assert min(gaps) >= 0.01, gaps
+    assert dispatcher.snapshot()["new-crm"].get("dropped_stale", 0) == 0
+    queued.set()
+    assert await dispatcher.drain(timeout=5) == 0
