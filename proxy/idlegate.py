@@ -1,21 +1,20 @@
-"""Secondary work waits for a pass of the event loop in which no client request is handled.
+"""Comparisons wait for a pass of the event loop in which no client request is handled.
 
-Shadow reads share the event loop with the client's requests, and a piece of secondary work
-(building and sending a candidate request, comparing two answers and writing the diff record,
-~50-100 µs each) delays every client request whose bytes arrive while it runs. With the
-secondary 500 ms slow, 128 slots of the mirror lane come back in clumps; their comparisons ran
-back to back and held the loop for over a millisecond, and the primary's p99 at 1 000 requests/s
-was 1.4-3x pass-through's (bench/README.md).
+Shadow reads share the event loop with the client's requests, and comparing two answers and
+writing the diff record (~50-100 µs) delays every client request whose bytes arrive while it
+runs. When several secondary answers arrive together, their comparisons ran back to back and
+held the loop for over a millisecond (bench/README.md, the secondary-slow target).
 
-So each piece of secondary work asks `turn()` first, and is let through:
+So each comparison asks `turn()` first, and is let through:
   - when no client request is being handled (`enter`/`leave`, called by the HTTP server), and
     no other piece was let through in this pass of the loop: a client request then waits for one
-    piece at most, never a clump, since the loop polls its sockets between passes;
+    comparison at most, never a clump, since the loop polls its sockets between passes;
   - or once it has waited `max_delay`, whatever the load, so that a busy proxy still compares
     (then all overdue pieces go together, as they would without the gate).
 
-With the secondary slow, the proxy is idle most of the time at 1 000 requests/s, and the pieces
-fill those gaps one at a time.
+At 1 000 requests/s the proxy is idle most of the time and the comparisons fill those gaps one
+at a time. Sending the secondary request is not gated: a waiting job holds its mirror slot, and
+at saturation that took cutover-shadow from ~7 500 to ~4 300 requests/s (bench/README.md).
 """
 
 from __future__ import annotations
