@@ -25,15 +25,19 @@ from collections import deque
 
 #: how long a piece of secondary work may wait for an idle pass
 MAX_DELAY = 0.005
+#: client requests in flight from which comparisons no longer wait: see IdleGate.turn
+CROWD = 8
 
 
 class IdleGate:
-    def __init__(self, max_delay: float = MAX_DELAY) -> None:
+    def __init__(self, max_delay: float = MAX_DELAY, crowd: int = CROWD) -> None:
         self.max_delay = max_delay
+        self.crowd = crowd
         self.busy = 0  # client requests being handled
         # pieces that had to wait, by how they were let through (cutover_secondary_deferred)
         self.idle = 0
         self.overdue = 0
+        self.crowded = 0  # let through at once: `crowd` client requests or more in flight
         self._waiting: deque[tuple[float, asyncio.Future[None]]] = deque()
         self._used = False  # a piece ran in this pass of the loop
         self._pump_due = False
@@ -52,9 +56,19 @@ class IdleGate:
     # -- the secondary work's side ------------------------------------------------------------
 
     async def turn(self) -> None:
-        """Return when this piece may run (see the module's docstring)."""
-        if self.busy == 0 and not self._used and not self._waiting:
+        """Return when this piece may run (see the module's docstring).
+
+        With `crowd` client requests or more in flight there is no idle pass to wait for (a
+        saturated proxy, or slow primaries that keep requests open): waiting would only hold the
+        comparison back and release it in a batch with others, for some µs of bookkeeping each:
+        cutover-shadow at saturation went from 6 517 to 7 600-7 900 requests/s when such pieces
+        went at once (bench/README.md)."""
+        busy = self.busy
+        if busy == 0 and not self._used and not self._waiting:
             self._use_pass()
+            return
+        if busy >= self.crowd:
+            self.crowded += 1
             return
         since = time.monotonic()
         loop = asyncio.get_running_loop()

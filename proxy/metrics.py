@@ -11,7 +11,8 @@ lookups. Series and labels (every label set bounded by the table in force):
   cutover_mirror_in_flight{upstream}
   cutover_mirror_circuit_open{upstream}                          workers skipping a down upstream
   cutover_secondary_deferred_total{result}                       comparisons that waited for an
-                                                                 idle loop: idle|overdue
+                                                                 idle loop: idle|overdue, or
+                                                                 did not: crowded
   cutover_outbox_pending{target}, cutover_outbox_dead, cutover_outbox_intents
   cutover_outbox_sent_total, cutover_outbox_failed_total, cutover_outbox_lag_seconds{quantile}
   cutover_config_info{version,migration,instance}                 always 1
@@ -150,7 +151,8 @@ class CutoverCollector(Collector):
         waited = CounterMetricFamily(
             "cutover_secondary_deferred",
             "Comparisons that waited for a pass of the event loop with no client request: "
-            "let through then (idle) or after the longest wait, under load (overdue)",
+            "let through then (idle) or after the longest wait (overdue), or at once with many "
+            "client requests in flight (crowded)",
             labels=["result"],
         )
         for result, count in sorted(deferred.items()):

@@ -220,16 +220,14 @@ class Lane:
 
     async def _run(self, job: Job) -> None:
         follow_up = None
-        started: float | None = None
+        started = time.monotonic()
         try:
-            started = time.monotonic()
             follow_up = await job()
         except Exception:  # a secondary's failure must never surface anywhere but here
             log.exception("mirror_job_failed", upstream=self.name)
         finally:
             self.in_flight -= 1
-            if started is not None:
-                self._finished(time.monotonic() - started)
+            self._finished(time.monotonic() - started)
             if not self._supervisor.closing:
                 self._kick()
         if follow_up is not None:
@@ -339,7 +337,7 @@ class MirrorDispatcher:
         gate = self.gate
         if gate is None:
             return {}
-        return {"idle": gate.idle, "overdue": gate.overdue}
+        return {"idle": gate.idle, "overdue": gate.overdue, "crowded": gate.crowded}
 
     async def drain(self, timeout: float) -> int:
         """Shutdown: take no more work, drop what waits, let jobs in flight finish in `timeout`."""

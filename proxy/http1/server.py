@@ -767,7 +767,7 @@ class HttpServer:
     def __init__(self, handler: Handler, limits: Limits, gate: IdleGate | None = None) -> None:
         self.handler = handler
         self.limits = limits
-        self.gate = gate  # told when requests start and end: secondary work waits for idle
+        self.gate = gate  # told when requests start and end: comparisons wait for idle
         self.connections: set[_Connection] = set()
         self.tasks: set[asyncio.Task[None]] = set()
         self.in_flight = 0

@@ -61,6 +61,20 @@ async def test_a_piece_goes_after_max_delay_when_the_proxy_stays_busy():
     assert (gate.idle, gate.overdue) == (0, 1)
 
 
+async def test_with_many_client_requests_in_flight_a_piece_goes_at_once():
+    """No idle pass is coming (a saturated proxy, slow primaries holding requests open): waiting
+    would only hold the comparison back and release it in a batch."""
+    gate = IdleGate(max_delay=30.0, crowd=3)
+    for _ in range(3):
+        gate.enter()
+    await asyncio.wait_for(gate.turn(), timeout=1)
+    assert (gate.crowded, gate.queued, gate.overdue) == (1, 0, 0)
+    gate.leave()  # two left: under the crowd, a piece waits again
+    waiting = spawn(gate.turn())
+    await wait_for(lambda: gate.queued == 1, what="the piece to queue")
+    waiting.cancel()
+
+
 async def test_waiting_pieces_run_one_per_pass_of_the_loop():
     """A clump of secondary work must not run back to back: between two pieces the loop polls
     its sockets, so a client request waits for one piece at most."""
