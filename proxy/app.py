@@ -163,12 +163,13 @@ def build(
     telemetry = Telemetry(table)
     shadowing = Shadowing(
         clients,
-        MirrorDispatcher(gate=IdleGate()),
+        MirrorDispatcher(),
         ShadowStats(),
         hasher,
         sink=sink,
         translator=translator,
         telemetry=telemetry,
+        gate=IdleGate(),
     )
     proxy = Proxy(
         tables,

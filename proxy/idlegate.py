@@ -97,6 +97,11 @@ class IdleGate:
     def queued(self) -> int:
         return len(self._waiting)
 
+    def counts(self) -> dict[str, int]:
+        """Pieces not let through on the spot by an idle loop, by how they went (the metric
+        cutover_secondary_deferred_total): after waiting (idle, overdue), or crowded."""
+        return {"idle": self.idle, "overdue": self.overdue, "crowded": self.crowded}
+
     # -- inside ---------------------------------------------------------------------------------
 
     def _use_pass(self) -> None:

@@ -65,7 +65,7 @@ class CutoverCollector(Collector):
         """This process's counters plus the other workers' latest (docs: proxy/workers.py)."""
         parts = self.parts
         mirrors = parts.shadowing.dispatcher.snapshot()
-        deferred = dict(parts.shadowing.dispatcher.deferred())
+        deferred = _deferred(parts)
         siblings = read_siblings(parts)
         if not siblings:
             return parts.telemetry, parts.shadowing.stats, mirrors, deferred
@@ -257,6 +257,11 @@ class CutoverCollector(Collector):
             yield lag
 
 
+def _deferred(parts: Parts) -> dict[str, int]:
+    gate = parts.shadowing.gate
+    return gate.counts() if gate is not None else {}
+
+
 def sibling_path(parts: Parts, worker: int) -> Path:
     return parts.control.state_dir / f"telemetry-{parts.base_instance}-w{worker}.json"
 
@@ -269,7 +274,7 @@ def export(parts: Parts) -> bytes:
             "telemetry": parts.telemetry.export(),
             "shadow": parts.shadowing.stats.export(),
             "mirrors": parts.shadowing.dispatcher.snapshot(),
-            "deferred": parts.shadowing.dispatcher.deferred(),
+            "deferred": _deferred(parts),
         }
     )
 

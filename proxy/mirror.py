@@ -37,7 +37,6 @@ from typing import Literal
 import structlog
 
 from proxy.config.spec import MirrorLimits
-from proxy.idlegate import IdleGate
 from proxy.supervisor import Supervisor
 
 log = structlog.get_logger("cutover.mirror")
@@ -163,7 +162,8 @@ class Lane:
             return self._drop("circuit_open")
         if not self._bucket.take(now):
             return self._drop("rate")
-        if self.in_flight < self.limits.concurrency and not self._waiting and self._pacer is None:
+        # a pacer is armed only while jobs wait: none wait, none is armed
+        if self.in_flight < self.limits.concurrency and not self._waiting:
             self._start(job)
             return None
         if len(self._waiting) >= self._room:
@@ -288,11 +288,8 @@ class Lane:
 
 
 class MirrorDispatcher:
-    def __init__(self, supervisor: Supervisor | None = None, gate: IdleGate | None = None) -> None:
+    def __init__(self, supervisor: Supervisor | None = None) -> None:
         self.supervisor = supervisor or Supervisor("mirror")
-        # comparisons yield to client requests (proxy/idlegate.py); kept here, beside the
-        # lanes, as the one place secondary work is scheduled
-        self.gate = gate
         self._lanes: dict[str, Lane] = {}
         self._closing = False
 
@@ -331,13 +328,6 @@ class MirrorDispatcher:
             }
             for name, lane in self._lanes.items()
         }
-
-    def deferred(self) -> dict[str, int]:
-        """Secondary work that waited for an idle loop, by how it was let through."""
-        gate = self.gate
-        if gate is None:
-            return {}
-        return {"idle": gate.idle, "overdue": gate.overdue, "crowded": gate.crowded}
 
     async def drain(self, timeout: float) -> int:
         """Shutdown: take no more work, drop what waits, let jobs in flight finish in `timeout`."""

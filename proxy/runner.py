@@ -164,7 +164,7 @@ async def start(
     runner = web.AppRunner(app, handle_signals=False, access_log=None)
     await runner.setup()  # the parts start: pools, store, outbox worker, fleet link, ...
     host, port = split_host_port(table.spec.listen)
-    server = HttpServer(parts.proxy.handle, limits_of(table), gate=parts.shadowing.dispatcher.gate)
+    server = HttpServer(parts.proxy.handle, limits_of(table), gate=parts.shadowing.gate)
     parts.tables.on_swap(lambda old, new: server.set_limits(limits_of(new)))
     try:
         bound = await server.start(host, port, reuse_port=reuse_port or workers > 1)

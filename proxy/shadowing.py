@@ -35,6 +35,7 @@ from proxy.headers import (
     upstream_request_headers,
 )
 from proxy.http1.client import Answer as ClientAnswer
+from proxy.idlegate import IdleGate
 from proxy.mirror import FollowUp, MirrorDispatcher
 from proxy.observe import CustomerHasher
 from proxy.routing import Decision
@@ -214,9 +215,11 @@ class Shadowing:
         sink: RecordSink | None,
         translator: Translator | None = None,
         telemetry: Telemetry | None = None,
+        gate: IdleGate | None = None,
     ) -> None:
         self.clients = clients
         self.telemetry = telemetry
+        self.gate = gate  # comparisons yield to client requests (proxy/idlegate.py)
         self.translator = translator or Translator(None)
         self.dispatcher = dispatcher
         self.stats = stats
@@ -460,7 +463,7 @@ class _Exchange:
         if control is None:
             sh.stats.count(self.cell, "aborted")
             return
-        gate = sh.dispatcher.gate
+        gate = sh.gate
         if gate is not None:  # the comparison and the record, after the client requests
             await gate.turn()
         if control.observation is None or candidate.observation is None:
