@@ -182,6 +182,39 @@ def checks(
     return out
 
 
+def rounds_notes(isolation: dict[str, Any]) -> list[str]:
+    """What the rounds can resolve (the same case twice), and what the slow lane compared."""
+    notes = []
+    runs = isolation["runs"]
+    if "cutover-pass-again" in runs:
+        medians = isolation["median_p99_ms"]
+        a, b = medians["cutover-pass-again"], medians["cutover-pass"]
+        notes.append(
+            f"- rounds: `cutover-pass` started twice (`cutover-pass-again`, measured last in "
+            f"each round): median p99 {_ms(a)} vs {_ms(b)} ms ({a / b - 1:+.0%}; "
+            f"{_paired(isolation, 'cutover-pass-again')}); runs {_p99s(isolation, 'cutover-pass-again')}"
+            ": a difference of this size between two identical cases is the rounds' resolution"
+        )
+    slow = runs.get("cutover-shadow-slow", [])
+    if slow:
+        totals: dict[str, int] = {}
+        for run in slow:
+            for key, value in run.get("counters", {}).items():
+                totals[key] = totals.get(key, 0) + int(value)
+        seconds = sum(run["seconds"] for run in slow) or 1.0
+        compared = totals.get("shadow:match", 0) + totals.get("shadow:mismatch", 0)
+        notes.append(
+            f"- rounds: `cutover-shadow-slow` compared {compared / seconds:,.1f} reads/s "
+            f"({compared:,} in {seconds:.0f} s); turned away: "
+            + ", ".join(
+                f"{k.removeprefix('mirror_dropped:')} {v:,}"
+                for k, v in sorted(totals.items())
+                if k.startswith("mirror_dropped:")
+            )
+        )
+    return notes
+
+
 def render(
     *,
     opts: Options,
@@ -274,6 +307,8 @@ def render(
                 else ""
             )
         )
+    if isolation is not None:
+        notes += rounds_notes(isolation)
     if notes:
         lines += ["", "## Notes", "", *notes]
     if plot_name:

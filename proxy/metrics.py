@@ -9,6 +9,8 @@ lookups. Series and labels (every label set bounded by the table in force):
   cutover_shadow_total{route,channel,cohort,result}              match|mismatch|error|...
   cutover_mirror_dropped_total{upstream,reason}                  secondary work shed
   cutover_mirror_in_flight{upstream}
+  cutover_mirror_limit{upstream}                                 slots in force: mirror.concurrency,
+                                                                 fewer while the secondary is slow
   cutover_mirror_circuit_open{upstream}                          workers skipping a down upstream
   cutover_secondary_deferred_total{result}                       comparisons that waited for an
                                                                  idle loop: idle|overdue, or
@@ -133,6 +135,12 @@ class CutoverCollector(Collector):
         in_flight = GaugeMetricFamily(
             "cutover_mirror_in_flight", "Secondary requests in flight", labels=["upstream"]
         )
+        limit = GaugeMetricFamily(
+            "cutover_mirror_limit",
+            "Secondary requests allowed in flight: mirror.concurrency, fewer while the secondary "
+            "answers over mirror.slow_ratio x slower than the primary",
+            labels=["upstream"],
+        )
         circuit = GaugeMetricFamily(
             "cutover_mirror_circuit_open",
             "Worker processes skipping secondary work to this upstream: it cannot be reached",
@@ -140,12 +148,14 @@ class CutoverCollector(Collector):
         )
         for upstream, snap in sorted(mirrors.items()):
             in_flight.add_metric([upstream], snap.get("in_flight", 0))
+            limit.add_metric([upstream], snap.get("limit", 0))
             circuit.add_metric([upstream], snap.get("circuit_open", 0))
             for key, value in snap.items():
                 if key.startswith("dropped_"):
                     dropped.add_metric([upstream, key.removeprefix("dropped_")], value)
         yield dropped
         yield in_flight
+        yield limit
         yield circuit
 
         waited = CounterMetricFamily(

@@ -1,7 +1,8 @@
 """The bounded dispatcher for secondary traffic (shadow reads, noise probes, verification reads).
 
-Each upstream has one lane with three limits from routes.yaml (`platforms.*.*.mirror`):
+Each upstream has one lane with these limits from routes.yaml (`platforms.*.*.mirror`):
   concurrency  jobs in flight at once (also the size of the lane's own connection pool)
+  slow_ratio   a secondary slower than this x the primary gets fewer slots (Lane._adapt)
   queue        jobs waiting for a free slot; fewer when the lane could not start them all
                within max_wait at the pace its jobs finish (a slow secondary)
   rate         jobs started per second (a token bucket), so mirroring never eats a vendor's quota
@@ -28,6 +29,7 @@ requests/s (bench/README.md); with it, a down secondary costs what a dropped mir
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 from collections import Counter, deque
 from collections.abc import Awaitable, Callable
@@ -43,7 +45,7 @@ log = structlog.get_logger("cutover.mirror")
 
 FollowUp = Callable[[], Awaitable[None]]
 Job = Callable[[], Awaitable[FollowUp | None]]
-DropReason = Literal["queue_full", "rate", "closed", "circuit_open", "stale"]
+DropReason = Literal["queue_full", "slow_secondary", "rate", "closed", "circuit_open", "stale"]
 
 BREAKER_THRESHOLD = 5  # consecutive failures that open the circuit
 BREAKER_COOL_OFF = 1.0  # seconds before the first trial
@@ -54,6 +56,10 @@ ROOM_MARGIN = 0.8
 PACE_MARGIN = 0.9
 #: starts the pacer may catch up on at once, in seconds of its schedule (see Lane._kick)
 PACE_CATCH_UP = 0.002
+#: slots a slow secondary keeps whatever its pace, so that QA still gets a sample (Lane._adapt)
+SLOW_FLOOR = 4
+#: how often the rate of shadow reads offered to a lane is taken (seconds; see Lane._adapt)
+OFFERED_WINDOW = 1.0
 
 
 @dataclass(slots=True)
@@ -130,6 +136,27 @@ class Breaker:
         return True
 
 
+def slow_limit(
+    concurrency: int, slow_ratio: float, offered: float, primary_s: float | None, slot_s: float
+) -> int:
+    """Slots a lane keeps: `concurrency`, or, while its secondary answers more than slow_ratio x
+    slower than the primary, only as many as a secondary that fast would hold.
+
+    A shadow read costs the event loop the same whatever the secondary's pace, and a slow
+    secondary held every slot: 128 slots of 500 ms compared 256 reads/s, and at 1 000 requests/s
+    that put the primary's p99 up by 20-30 % over shadow off (bench/README.md). Little's law
+    gives the yardstick: at `offered` reads/s, a secondary within slow_ratio x the primary's
+    time holds offered x slow_ratio x primary_s slots. A slower one gets that many, so the share
+    of reads it compares falls as it slows (slow_ratio x primary_s / slot_s), never below
+    SLOW_FLOOR slots: it holds no more slots, connections and memory than a healthy one would,
+    and a struggling new platform is not pressed harder by copies. As it recovers, its slot
+    time falls and the slots come back. slow_ratio 0, or no primary time yet: `concurrency`."""
+    if slow_ratio <= 0 or primary_s is None or slot_s <= slow_ratio * primary_s:
+        return concurrency
+    healthy = math.ceil(offered * slow_ratio * primary_s)
+    return max(min(SLOW_FLOOR, concurrency), min(concurrency, healthy))
+
+
 class Lane:
     """One upstream's secondary traffic."""
 
@@ -146,6 +173,11 @@ class Lane:
         self._pacer: asyncio.TimerHandle | None = None
         self.breaker = Breaker()
         self._task_name = f"mirror:{name}"
+        self.limit = limits.concurrency  # slots in force: fewer while the secondary is slow
+        self._primary_s: float | None = None  # the primary's time for the same reads (average)
+        self._offered = 0.0  # shadow reads offered per second (see _count_offer)
+        self._offers = 0
+        self._offers_since = time.monotonic()
         self.in_flight = 0
         self.started = 0
         self.dropped: Counter[str] = Counter()
@@ -163,11 +195,11 @@ class Lane:
         if not self._bucket.take(now):
             return self._drop("rate")
         # a pacer is armed only while jobs wait: none wait, none is armed
-        if self.in_flight < self.limits.concurrency and not self._waiting:
+        if self.in_flight < self.limit and not self._waiting:
             self._start(job)
             return None
         if len(self._waiting) >= self._room:
-            return self._drop("queue_full")
+            return self._drop(self._full())
         self._waiting.append((now, job))
         self._kick()
         return None
@@ -179,12 +211,33 @@ class Lane:
         than a job's worth of objects; `submit` still decides (the rate budget, the trial)."""
         if closing:
             return self._drop("closed")
+        now = time.monotonic()
+        self._offers += 1
+        if now - self._offers_since >= OFFERED_WINDOW:
+            self._count_offers(now)
         breaker = self.breaker
-        if breaker.is_open and time.monotonic() < breaker.open_until:
+        if breaker.is_open and now < breaker.open_until:
             return self._drop("circuit_open")
-        if self.in_flight >= self.limits.concurrency and len(self._waiting) >= self._room:
-            return self._drop("queue_full")
+        if self.in_flight >= self.limit and len(self._waiting) >= self._room:
+            return self._drop(self._full())
         return None
+
+    def primary_took(self, seconds: float) -> None:
+        """How long the primary took for a read this lane shadowed: the yardstick of `_adapt`."""
+        if self.limits.slow_ratio <= 0:
+            return
+        self._primary_s = (
+            seconds if self._primary_s is None else self._primary_s * 0.9 + seconds * 0.1
+        )
+
+    def _count_offers(self, now: float) -> None:
+        rate = self._offers / (now - self._offers_since)
+        self._offered = rate if not self._offered else (self._offered + rate) / 2
+        self._offers = 0
+        self._offers_since = now
+
+    def _full(self) -> DropReason:
+        return "slow_secondary" if self.limit < self.limits.concurrency else "queue_full"
 
     def report(self, reachable: bool) -> None:
         """What a job saw of the upstream: an answer (any status), or none at all."""
@@ -245,9 +298,18 @@ class Lane:
         away before a job is built."""
         self._slot_s = seconds if self._slot_s is None else self._slot_s * 0.9 + seconds * 0.1
         limits = self.limits
-        fits = ROOM_MARGIN * limits.concurrency * limits.max_wait / max(self._slot_s, 1e-6)
+        self.limit = self._adapt(self._slot_s)
+        fits = ROOM_MARGIN * self.limit * limits.max_wait / max(self._slot_s, 1e-6)
         self._room = min(limits.queue, int(fits))
-        self._pace = PACE_MARGIN * self._slot_s / limits.concurrency
+        self._pace = PACE_MARGIN * self._slot_s / self.limit
+
+    def _adapt(self, slot_s: float) -> int:
+        """Slots in force (see `slow_limit`), from the rate of shadow reads offered lately."""
+        offered = self._offered
+        if not offered:  # the first window has not closed yet
+            offered = self._offers / max(time.monotonic() - self._offers_since, 0.1)
+        limits = self.limits
+        return slow_limit(limits.concurrency, limits.slow_ratio, offered, self._primary_s, slot_s)
 
     def _kick(self) -> None:
         """Start the oldest waiting job that is still fresh, once a slot is free and the pace
@@ -274,7 +336,7 @@ class Lane:
             waiting.popleft()
             self.dropped["stale"] += 1
         self._next_start = max(self._next_start, now - PACE_CATCH_UP)
-        while waiting and self.in_flight < self.limits.concurrency:
+        while waiting and self.in_flight < self.limit:
             if self._next_start > now:
                 wait = self._next_start - now
                 self._pacer = asyncio.get_running_loop().call_later(wait, self._paced)
@@ -311,6 +373,12 @@ class MirrorDispatcher:
         """Before building a job for `name`: the reason it would be dropped anyway (counted)."""
         return self.lane(name, limits).turn_away(self._closing)
 
+    def primary_took(self, name: str, seconds: float) -> None:
+        """The primary's time for a read shadowed on upstream `name` (see Lane._adapt)."""
+        lane = self._lanes.get(name)
+        if lane is not None:
+            lane.primary_took(seconds)
+
     def report(self, name: str, reachable: bool) -> None:
         """A job's view of upstream `name` (see Breaker); unknown names are ignored."""
         lane = self._lanes.get(name)
@@ -321,6 +389,7 @@ class MirrorDispatcher:
         return {
             name: {
                 "in_flight": lane.in_flight,
+                "limit": lane.limit,
                 "queued": lane.queued,
                 "started": lane.started,
                 "circuit_open": int(lane.breaker.is_open),

@@ -463,6 +463,7 @@ class _Exchange:
         if control is None:
             sh.stats.count(self.cell, "aborted")
             return
+        sh.dispatcher.primary_took(self.secondary.name, control.latency_ms / 1000)
         gate = sh.gate
         if gate is not None:  # the comparison and the record, after the client requests
             await gate.turn()

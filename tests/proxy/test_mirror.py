@@ -7,15 +7,21 @@ import itertools
 import time
 from collections.abc import Awaitable, Callable
 
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
 from proxy.config.spec import MirrorLimits
 from proxy.mirror import (
     BREAKER_COOL_OFF,
     BREAKER_COOL_OFF_MAX,
     BREAKER_THRESHOLD,
+    SLOW_FLOOR,
     Breaker,
     Lane,
     MirrorDispatcher,
     TokenBucket,
+    slow_limit,
 )
 from tests.processes import wait_for
 
@@ -316,4 +322,84 @@ async def test_a_late_pacer_catches_up_rather_than_starting_one_job_per_pass():
         await asyncio.sleep(0)
     assert len(started) - 100 >= 10, f"only {len(started) - 100} queued jobs started"
     queued.set()
+    assert await dispatcher.drain(timeout=5) == 0
+
+
+@pytest.mark.parametrize(
+    ("concurrency", "ratio", "offered", "primary_s", "slot_s", "expected"),
+    [
+        (128, 4, 1000, 0.0003, 0.5, SLOW_FLOOR),  # the bench: 0.3 ms primary, 500 ms secondary
+        (128, 4, 1000, 0.1, 0.5, 128),  # 100 ms primary, 5x slower: would need 400, has 128
+        (128, 4, 200, 0.1, 0.5, 80),  # 200 reads/s within 4 x 100 ms hold 80 slots
+        (128, 4, 1000, 0.1, 0.35, 128),  # within 4 x the primary: not slow
+        (128, 0, 1000, 0.0003, 0.5, 128),  # slow_ratio 0: never adapts
+        (128, 4, 1000, None, 0.5, 128),  # no primary time learnt yet
+        (2, 4, 1000, 0.0003, 0.5, 2),  # the floor is never above concurrency
+    ],
+)
+def test_a_slow_secondary_keeps_the_slots_a_healthy_one_would_hold(
+    concurrency: int,
+    ratio: float,
+    offered: float,
+    primary_s: float | None,
+    slot_s: float,
+    expected: int,
+):
+    assert slow_limit(concurrency, ratio, offered, primary_s, slot_s) == expected
+
+
+@given(
+    concurrency=st.integers(1, 10_000),
+    ratio=st.floats(0, 1000),
+    offered=st.floats(0, 1e6),
+    primary_s=st.floats(1e-6, 60),
+    slot_s=st.floats(0, 600),
+    slower=st.floats(1, 100),
+)
+def test_slow_limit_stays_in_bounds_and_never_grows_as_the_secondary_slows(
+    concurrency: int, ratio: float, offered: float, primary_s: float, slot_s: float, slower: float
+):
+    limit = slow_limit(concurrency, ratio, offered, primary_s, slot_s)
+    assert min(SLOW_FLOOR, concurrency) <= limit <= concurrency
+    assert slow_limit(concurrency, ratio, offered, primary_s, slot_s * slower) <= limit
+    if slot_s <= ratio * primary_s or ratio == 0:
+        assert limit == concurrency
+
+
+async def test_a_lane_whose_secondary_is_far_slower_than_the_primary_gives_up_slots_then_recovers():
+    """Jobs of 50 ms against a 1 ms primary: the lane keeps SLOW_FLOOR slots and turns the rest
+    away as `slow_secondary`; once its jobs are fast again every slot comes back."""
+    dispatcher = MirrorDispatcher()
+    limits = MirrorLimits(concurrency=32, queue=0, rate=0, slow_ratio=4)
+    lane = dispatcher.lane("new-crm", limits)
+
+    async def slow_job() -> None:
+        await asyncio.sleep(0.05)
+
+    async def fast_job() -> None:
+        return None
+
+    for _ in range(8):
+        assert dispatcher.turn_away("new-crm", limits) is None
+        assert dispatcher.submit("new-crm", limits, slow_job) is None
+        dispatcher.primary_took("new-crm", 0.001)
+    await wait_for(lambda: lane.in_flight == 0, what="the slow jobs")
+    assert lane.limit == SLOW_FLOOR
+    assert dispatcher.snapshot()["new-crm"]["limit"] == SLOW_FLOOR
+    release, started = asyncio.Event(), list[int]()
+    reasons = [
+        dispatcher.submit("new-crm", limits, blocked_job(started, release, i)) for i in range(10)
+    ]
+    assert reasons == [None] * SLOW_FLOOR + ["slow_secondary"] * (10 - SLOW_FLOOR)
+    assert dispatcher.turn_away("new-crm", limits) == "slow_secondary"
+    release.set()
+    await wait_for(lambda: lane.in_flight == 0, what="the blocked jobs")
+
+    async def recovered() -> bool:
+        assert dispatcher.submit("new-crm", limits, fast_job) is None
+        dispatcher.primary_took("new-crm", 0.001)
+        await asyncio.sleep(0.001)
+        return lane.limit == limits.concurrency
+
+    await wait_for(recovered, interval=0, what="the slots to come back")
     assert await dispatcher.drain(timeout=5) == 0

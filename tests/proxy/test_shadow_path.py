@@ -14,7 +14,7 @@ from aiohttp import web
 from proxy.config import parse_config
 from proxy.demo.platforms import Simulators
 from proxy.demo.run import seeded_ids
-from proxy.mirror import BREAKER_THRESHOLD
+from proxy.mirror import BREAKER_THRESHOLD, SLOW_FLOOR
 from proxy.runner import Running, start
 from tests.configs import base_doc, demo_doc, dump
 from tests.processes import wait_for
@@ -145,6 +145,49 @@ async def test_mirrors_past_the_limits_are_dropped_and_counted(sims: Simulators)
         assert stats(running)["contacts"]["dropped"] == 8
         assert running.proxy.shadowing is not None
         assert running.proxy.shadowing.stats.drop_reasons["queue_full"] == 8
+    finally:
+        await running.stop()
+
+
+async def test_a_slow_secondary_gets_fewer_shadow_reads_until_it_recovers(sims: Simulators):
+    """The new CRM 300 ms slow behind a fast old one: its lane keeps SLOW_FLOOR of its 16 slots
+    and turns further reads away as `slow_secondary`; the client is answered by old throughout;
+    when the new CRM is fast again the lane gets every slot back."""
+    doc = demo_doc(sims)
+    doc["platforms"]["new"]["crm"]["mirror"] = {"concurrency": 16, "queue": 0}
+    sink = Sink()
+    running = await start_demo(sims, dump(doc).decode(), sink)
+    assert running.proxy.shadowing is not None
+    dispatcher = running.proxy.shadowing.dispatcher
+    reasons = running.proxy.shadowing.stats.drop_reasons
+
+    def lane() -> dict[str, int]:
+        return next(v for k, v in dispatcher.snapshot().items() if "new" in k)
+
+    async def read() -> None:
+        response = await get(
+            running, "/api/contacts?customer=C-1010", **{"X-Customer-Id": "C-1010"}
+        )
+        assert response.status == 200
+        assert response.headers["X-Cutover-Platform"] == "old"
+
+    try:
+        sims.new_crm.set_faults("slow", delay_ms=300)
+
+        async def backed_off() -> bool:
+            await read()
+            return lane()["limit"] == SLOW_FLOOR and reasons["slow_secondary"] > 0
+
+        await wait_for(backed_off, interval=0.005, what="the lane to give up slots")
+        assert lane()["in_flight"] <= 16
+        sims.new_crm.set_faults("ok")
+
+        async def recovered() -> bool:
+            await read()
+            return lane()["limit"] == 16
+
+        await wait_for(recovered, interval=0.005, what="the slots to come back")
+        assert any(r["result"] == "match" for r in sink)
     finally:
         await running.stop()
 
