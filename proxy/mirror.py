@@ -2,7 +2,7 @@
 
 Each upstream has one lane with these limits from routes.yaml (`platforms.*.*.mirror`):
   concurrency  jobs in flight at once (also the size of the lane's own connection pool)
-  slow_ratio   a secondary slower than this x the primary gets fewer slots (Lane._adapt)
+  slow_ratio   a secondary slower than this x the primary gets fewer slots (slow_limit)
   queue        jobs waiting for a free slot; fewer when the lane could not start them all
                within max_wait at the pace its jobs finish (a slow secondary)
   rate         jobs started per second (a token bucket), so mirroring never eats a vendor's quota
@@ -175,7 +175,7 @@ class Lane:
         self._task_name = f"mirror:{name}"
         self.limit = limits.concurrency  # slots in force: fewer while the secondary is slow
         self._primary_s: float | None = None  # the primary's time for the same reads (average)
-        self._offered = 0.0  # shadow reads offered per second (see _count_offer)
+        self._offered = 0.0  # shadow reads offered per second (see _count_offers)
         self._offers = 0
         self._offers_since = time.monotonic()
         self.in_flight = 0
