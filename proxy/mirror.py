@@ -56,7 +56,7 @@ ROOM_MARGIN = 0.8
 PACE_MARGIN = 0.9
 #: starts the pacer may catch up on at once, in seconds of its schedule (see Lane._kick)
 PACE_CATCH_UP = 0.002
-#: slots a slow secondary keeps whatever its pace, so that QA still gets a sample (Lane._adapt)
+#: slots a slow secondary keeps whatever its pace, so that QA still gets a sample (slow_limit)
 SLOW_FLOOR = 4
 #: how often the rate of shadow reads offered to a lane is taken (seconds; see Lane._adapt)
 OFFERED_WINDOW = 1.0
@@ -223,9 +223,7 @@ class Lane:
         return None
 
     def primary_took(self, seconds: float) -> None:
-        """How long the primary took for a read this lane shadowed: the yardstick of `_adapt`."""
-        if self.limits.slow_ratio <= 0:
-            return
+        """How long the primary took for a read this lane shadowed (the yardstick of slow_limit)."""
         self._primary_s = (
             seconds if self._primary_s is None else self._primary_s * 0.9 + seconds * 0.1
         )
@@ -374,7 +372,7 @@ class MirrorDispatcher:
         return self.lane(name, limits).turn_away(self._closing)
 
     def primary_took(self, name: str, seconds: float) -> None:
-        """The primary's time for a read shadowed on upstream `name` (see Lane._adapt)."""
+        """The primary's time for a read shadowed on upstream `name` (see slow_limit)."""
         lane = self._lanes.get(name)
         if lane is not None:
             lane.primary_took(seconds)

@@ -118,7 +118,7 @@ class MirrorLimits(Spec):
     """Budget for secondary (shadow and dual-write) traffic sent to one upstream."""
 
     concurrency: Annotated[int, Field(ge=1, le=10_000)] = 128
-    # a secondary slower than this x the primary gets fewer slots (proxy/mirror.py Lane._adapt);
+    # a secondary slower than this x the primary gets fewer slots (proxy/mirror.py slow_limit);
     # 0: always `concurrency`
     slow_ratio: Annotated[float, Field(ge=0, le=1_000)] = 4.0
     queue: Annotated[int, Field(ge=0, le=1_000_000)] = 1000
