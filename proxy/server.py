@@ -44,7 +44,7 @@ from proxy.http1.server import PROBLEM_TYPE, Request, Responder, problem_body
 from proxy.identity import BadIdentity, Identity, identify
 from proxy.observe import CustomerHasher
 from proxy.routing import Decision, decide
-from proxy.shadowing import Capture, ClientHeaders, Pending, Shadowing
+from proxy.shadowing import Capture, ClientHeaders, Shadowing, ShadowRead
 from proxy.state import TableStore
 from proxy.supervisor import Supervisor
 from proxy.telemetry import Telemetry
@@ -288,7 +288,7 @@ class Proxy:
                 client_key=request.headers.get("Idempotency-Key"),
             )
             headers["Idempotency-Key"] = intent.entry.primary_key
-        pending = await self._start_shadow(
+        shadow = self._shadow_read(
             request, table, decision, resolved, named, trusted, path, query, ex
         )
         try:
@@ -302,27 +302,30 @@ class Proxy:
                     ex,
                     route,
                     primary,
-                    pending.capture if pending else None,
+                    shadow.capture if shadow else None,
                     keep=intent is not None or creates,
                 )
                 status = answer.status
-                if pending is not None:
-                    pending.primary_done(status, answer.headers)
+                if shadow is not None:
+                    shadow.answered(status, answer.headers)
         except UpstreamError as exc:
-            if pending is not None:
-                pending.primary_failed(exc.kind)
+            if shadow is not None and self.shadowing is not None:
+                shadow.failed(exc.kind)  # compared with what the secondary says (result: error)
+                await self.shadowing.start(shadow)
             if journal is not None and intent is not None:
                 await journal.failed(intent, exc)
             raise
         finally:
-            if pending is not None:
-                pending.abandon()
+            if shadow is not None and shadow.control is None and self.shadowing is not None:
+                self.shadowing.aborted(shadow)  # the client went away first: no copy is sent
+        if shadow is not None and self.shadowing is not None:  # the client has its answer
+            await self.shadowing.start(shadow)
         if journal is not None and intent is not None:
             await journal.settle(intent, route, status, payload)
         elif creates and self.dual is not None and 200 <= status < 300:
             await self.dual.note_create(route, primary, payload)
 
-    async def _start_shadow(
+    def _shadow_read(
         self,
         request: Request,
         table: RouteTable,
@@ -333,32 +336,36 @@ class Proxy:
         path: str,
         query: str,
         ex: Exchange,
-    ) -> Pending | None:
+    ) -> ShadowRead | None:
+        """A shadowed read the secondary's lane can take, decided before the primary is asked
+        (its answer is teed for the comparison); its request leaves after the client's answer."""
         if not decision.shadow or self.shadowing is None:
             return None
         route = decision.route
         secondary = table.upstream(decision.secondary, route.api)
         if self.shadowing.turned_away(decision, secondary):
             return None
+        headers = request.headers
         client = ClientHeaders(
-            items=tuple(request.headers.items()),
+            items=tuple(headers.items()),
             named=named,
             peer=request.peer,
             proto=request.scheme,
-            host=request.headers.get("Host"),
+            host=headers.get("Host"),
             trusted=trusted,
         )
-        return await self.shadowing.start(
+        return ShadowRead(
             decision,
             secondary,
             table.upstream(decision.primary, route.api),
-            method=request.method,
-            path=path,
-            query=query,
-            client=client,
-            request_id=ex.request_id,
-            resolved=resolved,
-            probe_noise=self._random.random() * 100 < route.rules.noise_probe_percent,
+            client,
+            request.method,
+            path,
+            query,
+            ex.request_id,
+            resolved,
+            self._random.random() * 100 < route.rules.noise_probe_percent,
+            Capture(route.rules.max_body),
         )
 
     async def _request_body(

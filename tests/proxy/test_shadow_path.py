@@ -3,6 +3,8 @@ the client gets the primary's answer whatever the secondary does; comparisons ar
 
 from __future__ import annotations
 
+import asyncio
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -17,6 +19,7 @@ from proxy.demo.run import seeded_ids
 from proxy.mirror import BREAKER_THRESHOLD, SLOW_FLOOR
 from proxy.runner import Running, start
 from tests.configs import base_doc, demo_doc, dump
+from tests.faultupstream import FaultUpstream
 from tests.processes import wait_for
 
 
@@ -100,11 +103,68 @@ async def test_the_client_never_waits_for_a_slow_secondary(sims: Simulators, dem
     response = await get(running, "/api/contacts?customer=C-1010", **{"X-Customer-Id": "C-1010"})
     assert response.status == 200
     assert response.headers["X-Cutover-Platform"] == "old"
-    assert sims.new_crm.requests(since), "the shadow read was sent"
     assert sink == [], "the comparison had not finished when the client was answered"
+    await wait_for(lambda: sims.new_crm.requests(since), what="the shadow read")
     await wait_for(lambda: sink, timeout=10, what="the late comparison")
     assert sink[0]["result"] == "match"
     assert sink[0]["latency_ms"]["new"] >= 2000
+
+
+async def test_the_shadow_read_leaves_once_the_client_has_its_answer(sims: Simulators, demo):
+    """The copy is built and sent after the primary's answer has gone to the client, so the
+    read being shadowed never waits for it (a 0.1 ms primary used to wait ~0.2 ms for it)."""
+    running, sink = demo
+    sims.old_crm.set_faults("slow", delay_ms=300)
+    since = sims.new_crm.last_seq
+    response = await get(running, "/api/contacts?customer=C-1010", **{"X-Customer-Id": "C-1010"})
+    answered = time.time()
+    assert response.status == 200
+    assert response.headers["X-Cutover-Platform"] == "old"
+    await wait_for(lambda: sink, what="the comparison")
+    (copy,) = sims.new_crm.requests(since)
+    assert copy.header("X-Cutover-Mirror") == "shadow"
+    assert copy.at >= answered - 0.05, "the copy left while the primary was still answering"
+    assert sink[0]["result"] == "match"
+    assert sink[0]["latency_ms"]["old"] >= 300
+
+
+async def test_a_failed_primary_is_still_compared_with_the_secondary(sims: Simulators, demo):
+    """The primary down: the client gets cutover's 502, and the copy, sent after it, is
+    recorded against the failure."""
+    running, sink = demo
+    await sims.old_crm.go_down()
+    response = await get(running, "/api/contacts?customer=C-1010", **{"X-Customer-Id": "C-1010"})
+    assert response.status == 502
+    await wait_for(lambda: sink, what="the error record")
+    assert sink[0]["result"] == "error"
+    assert sink[0]["error"] == {"side": "old", "kind": "upstream-unreachable"}
+    assert sink[0]["status"] == {"old": None, "new": 200}
+
+
+async def test_a_client_gone_before_its_answer_sends_no_copy(sims: Simulators, tmp_path: Path):
+    """The old CRM streams a 50 MB answer and the client hangs up after its first bytes: no
+    copy goes to the new CRM, and the read counts as aborted."""
+    fault = await FaultUpstream(mode="big_body").start()
+    doc = demo_doc(sims)
+    doc["platforms"]["old"]["crm"]["url"] = fault.url
+    doc["store"] = f"sqlite:///{tmp_path}/cutover.db"
+    running = await start_demo(sims, dump(doc).decode(), Sink())
+    try:
+        since = sims.new_crm.last_seq
+        reader, writer = await asyncio.open_connection("127.0.0.1", running.port)
+        writer.write(
+            b"GET /api/contacts?customer=C-1010 HTTP/1.1\r\nHost: x\r\n"
+            b"X-Customer-Id: C-1010\r\n\r\n"
+        )
+        assert (await reader.readuntil(b"\r\n\r\n")).startswith(b"HTTP/1.1 200")
+        writer.transport.abort()
+        await wait_for(
+            lambda: stats(running).get("contacts", {}).get("aborted"), what="the aborted count"
+        )
+        assert sims.new_crm.requests(since) == [], "no copy for a client that went away"
+    finally:
+        await running.stop()
+        await fault.stop()
 
 
 async def test_secondary_down_reset_or_garbage_never_reaches_the_client(sims: Simulators, demo):
