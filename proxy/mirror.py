@@ -12,11 +12,12 @@ the client's request never waits for the secondary. Queued jobs start paced (Lan
 that a slow secondary's answers do not come back in clumps.
 
 A job is a coroutine factory; the lane runs it under the supervisor, which owns and drains it at
-shutdown. A job may return a follow-up (a shadow read's comparison, which waits for the
-primary's answer): the follow-up runs in the same task after the job's slot has gone to the next
-job, because it no longer uses the upstream. Holding the slot through it let a saturated primary
-starve the lane: 32 slots, each held for a primary's 15 ms under load, capped shadow reads at
-~2 100/s and dropped 40 % of them.
+shutdown. A job may return a follow-up (a shadow read's comparison, which waits for an idle
+pass of the loop, proxy/idlegate.py): the follow-up runs in the same task after the job's slot
+has gone to the next job, because it no longer uses the upstream. Holding the slot through it
+(when the comparison still waited for the primary's answer) let a saturated primary starve the
+lane: 32 slots, each held for a primary's 15 ms under load, capped shadow reads at ~2 100/s and
+dropped 40 % of them.
 
 Each lane also has a circuit breaker. An upstream that cannot be reached (refused, reset,
 timed out, garbage instead of HTTP) BREAKER_THRESHOLD times in a row gets no secondary work for

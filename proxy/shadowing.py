@@ -319,7 +319,18 @@ class Shadowing:
 
     async def start(self, read: ShadowRead) -> bool:
         """Once the client has the primary's answer (`read.control`): submit the secondary read;
-        False when it was dropped (counted)."""
+        False when it was dropped (counted). Never raises: the client has its answer, and what
+        goes wrong with the copy is the copy's (logged, counted as an error)."""
+        try:
+            return await self._start(read)
+        except Exception:
+            log.exception("shadow_start_failed", request_id=read.request_id)
+            identity = read.decision.identity
+            cell = (read.decision.route.name, identity.channel, identity.cohort)
+            self.stats.count(cell, "error")
+            return False
+
+    async def _start(self, read: ShadowRead) -> bool:
         decision = read.decision
         route = decision.route
         identity = decision.identity

@@ -404,3 +404,27 @@ async def test_a_down_secondary_is_skipped_until_it_answers_again(sims: Simulato
 
     await wait_for(matched, timeout=10, what="a trial after the cool-off to match")
     assert dispatcher.snapshot()["new-crm"]["circuit_open"] == 0
+
+
+async def test_a_copy_that_fails_to_start_never_reaches_the_client(
+    sims: Simulators, demo, monkeypatch: pytest.MonkeyPatch
+):
+    """A bug in building the copy (forced here) happens after the client's answer: the client
+    keeps its 200 and its connection, and the read counts as a shadow error."""
+    running, sink = demo
+    assert running.proxy.shadowing is not None
+
+    def broken(*_: object) -> str:
+        raise RuntimeError("forced")
+
+    monkeypatch.setattr(running.proxy.shadowing.dispatcher, "submit", broken)
+    async with aiohttp.ClientSession() as session:
+        for _ in range(2):  # the same keep-alive connection serves the second one
+            async with session.get(
+                f"http://127.0.0.1:{running.port}/api/contacts?customer=C-1010",
+                headers={"X-Customer-Id": "C-1010"},
+            ) as response:
+                assert response.status == 200
+                assert (await response.json())["items"]
+    assert stats(running)["contacts"]["error"] == 2
+    assert sink == []
