@@ -143,7 +143,7 @@ class Answer:
 
 @dataclass(slots=True)
 class ShadowRead:
-    """A read the secondary's lane took (see `Shadowing.admit`): what its request needs, and the
+    """A read the secondary's lane took (`Proxy._shadow_read`): what its request needs, and the
     control, teed while the primary's answer is relayed and complete once the client has it."""
 
     decision: Decision
