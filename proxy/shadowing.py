@@ -168,6 +168,12 @@ class ShadowRead:
         self.control = Answer(None, (time.monotonic() - self.started) * 1000, kind)
 
 
+def cell_of(decision: Decision) -> Cell:
+    """The stats cell of a decision: (route, channel, cohort)."""
+    identity = decision.identity
+    return (decision.route.name, identity.channel, identity.cohort)
+
+
 async def _tee(answer: ClientAnswer, capture: Capture, upstream: Upstream, deadline: float) -> None:
     """The body of an answer that did not arrive in one read, by `deadline` (monotonic)."""
     async for chunk in answer.chunks():
@@ -308,14 +314,12 @@ class Shadowing:
         reason = self.dispatcher.turn_away(secondary.name, secondary.mirror)
         if reason is None:
             return False
-        identity = decision.identity
-        self.stats.dropped((decision.route.name, identity.channel, identity.cohort), reason)
+        self.stats.dropped(cell_of(decision), reason)
         return True
 
     def aborted(self, read: ShadowRead) -> None:
         """The client went away before the primary's answer: nothing to compare, no copy sent."""
-        identity = read.decision.identity
-        self.stats.count((read.decision.route.name, identity.channel, identity.cohort), "aborted")
+        self.stats.count(cell_of(read.decision), "aborted")
 
     async def start(self, read: ShadowRead) -> bool:
         """Once the client has the primary's answer (`read.control`): submit the secondary read;
@@ -325,16 +329,12 @@ class Shadowing:
             return await self._start(read)
         except Exception:
             log.exception("shadow_start_failed", request_id=read.request_id)
-            identity = read.decision.identity
-            cell = (read.decision.route.name, identity.channel, identity.cohort)
-            self.stats.count(cell, "error")
+            self.stats.count(cell_of(read.decision), "error")
             return False
 
     async def _start(self, read: ShadowRead) -> bool:
-        decision = read.decision
-        route = decision.route
-        identity = decision.identity
-        cell: Cell = (route.name, identity.channel, identity.cohort)
+        route = read.decision.route
+        cell = cell_of(read.decision)
         control = read.control
         assert control is not None, "a shadow read starts once the primary has answered"
         translator = self.translator
