@@ -288,9 +288,7 @@ class Proxy:
                 client_key=request.headers.get("Idempotency-Key"),
             )
             headers["Idempotency-Key"] = intent.entry.primary_key
-        shadow = self._shadow_read(
-            request, table, decision, resolved, named, trusted, path, query, ex
-        )
+        shadow = self._shadow_read(request, table, decision, resolved, path, query, ex)
         try:
             async with self.clients.request(
                 upstream, "primary", method, target, headers, data, length
@@ -309,17 +307,17 @@ class Proxy:
                 if shadow is not None:
                     shadow.answered(status, answer.headers)
         except UpstreamError as exc:
-            if shadow is not None and self.shadowing is not None:
+            if shadow is not None:
                 shadow.failed(exc.kind)  # compared with what the secondary says (result: error)
-                await self.shadowing.start(shadow)
+                await self._send_copy(shadow, request, named, trusted)
             if journal is not None and intent is not None:
                 await journal.failed(intent, exc)
             raise
         finally:
             if shadow is not None and shadow.control is None and self.shadowing is not None:
                 self.shadowing.aborted(shadow)  # the client went away first: no copy is sent
-        if shadow is not None and self.shadowing is not None:  # the client has its answer
-            await self.shadowing.start(shadow)
+        if shadow is not None:  # the client has its answer
+            await self._send_copy(shadow, request, named, trusted)
         if journal is not None and intent is not None:
             await journal.settle(intent, route, status, payload)
         elif creates and self.dual is not None and 200 <= status < 300:
@@ -331,8 +329,6 @@ class Proxy:
         table: RouteTable,
         decision: Decision,
         resolved: Resolved,
-        named: frozenset[str],
-        trusted: Forwarded | None,
         path: str,
         query: str,
         ex: Exchange,
@@ -345,6 +341,29 @@ class Proxy:
         secondary = table.upstream(decision.secondary, route.api)
         if self.shadowing.turned_away(decision, secondary):
             return None
+        return ShadowRead(
+            decision,
+            secondary,
+            table.upstream(decision.primary, route.api),
+            request.method,
+            path,
+            query,
+            ex.request_id,
+            resolved,
+            self._random.random() * 100 < route.rules.noise_probe_percent,
+            Capture(route.rules.max_body),
+        )
+
+    async def _send_copy(
+        self,
+        shadow: ShadowRead,
+        request: Request,
+        named: frozenset[str],
+        trusted: Forwarded | None,
+    ) -> None:
+        """After the client's answer: the copy, with what it needs of the client's request
+        (copied now, not before the primary was asked, and while the request is at hand)."""
+        assert self.shadowing is not None, "a ShadowRead comes from _shadow_read"
         headers = request.headers
         client = ClientHeaders(
             items=tuple(headers.items()),
@@ -354,19 +373,7 @@ class Proxy:
             host=headers.get("Host"),
             trusted=trusted,
         )
-        return ShadowRead(
-            decision,
-            secondary,
-            table.upstream(decision.primary, route.api),
-            client,
-            request.method,
-            path,
-            query,
-            ex.request_id,
-            resolved,
-            self._random.random() * 100 < route.rules.noise_probe_percent,
-            Capture(route.rules.max_body),
-        )
+        await self.shadowing.start(shadow, client)
 
     async def _request_body(
         self,

@@ -144,12 +144,12 @@ class Answer:
 @dataclass(slots=True)
 class ShadowRead:
     """A read the secondary's lane took (`Proxy._shadow_read`): what its request needs, and the
-    control, teed while the primary's answer is relayed and complete once the client has it."""
+    control, teed while the primary's answer is relayed and complete once the client has it.
+    What it needs of the client's headers is copied after the answer (`Shadowing.start`)."""
 
     decision: Decision
     secondary: Upstream
     primary: Upstream
-    client: ClientHeaders
     method: str
     path: str
     query: str
@@ -321,18 +321,18 @@ class Shadowing:
         """The client went away before the primary's answer: nothing to compare, no copy sent."""
         self.stats.count(cell_of(read.decision), "aborted")
 
-    async def start(self, read: ShadowRead) -> bool:
+    async def start(self, read: ShadowRead, client: ClientHeaders) -> bool:
         """Once the client has the primary's answer (`read.control`): submit the secondary read;
         False when it was dropped (counted). Never raises: the client has its answer, and what
         goes wrong with the copy is the copy's (logged, counted as an error)."""
         try:
-            return await self._start(read)
+            return await self._start(read, client)
         except Exception:
             log.exception("shadow_start_failed", request_id=read.request_id)
             self.stats.count(cell_of(read.decision), "error")
             return False
 
-    async def _start(self, read: ShadowRead) -> bool:
+    async def _start(self, read: ShadowRead, client: ClientHeaders) -> bool:
         route = read.decision.route
         cell = cell_of(read.decision)
         control = read.control
@@ -352,7 +352,7 @@ class Shadowing:
         if targets[0] is None or targets[1] is None:
             self.stats.dropped(cell, "one_sided_record")  # nothing to compare it with
             return False
-        exchange = _Exchange(self, read, cell, control, targets[0], targets[1])
+        exchange = _Exchange(self, read, client, cell, control, targets[0], targets[1])
         secondary = read.secondary
         reason = self.dispatcher.submit(secondary.name, secondary.mirror, exchange.run)
         if reason is not None:
@@ -423,6 +423,7 @@ class _Exchange:
 
     shadowing: Shadowing
     read: ShadowRead
+    client: ClientHeaders
     cell: Cell
     control: Answer
     secondary_target: str
@@ -432,7 +433,7 @@ class _Exchange:
         """The candidate request (in the lane's slot); then, outside it, the comparison."""
         read = self.read
         route = read.decision.route
-        headers = read.client.for_secondary(read.secondary, route, read.request_id, "shadow")
+        headers = self.client.for_secondary(read.secondary, route, read.request_id, "shadow")
         candidate = await self.shadowing.fetch(
             read.secondary, read.method, self.secondary_target, headers, route.rules.max_body
         )
@@ -486,7 +487,7 @@ class _Exchange:
         sh = self.shadowing
         primary = read.primary
         target = self.primary_target
-        headers = read.client.for_secondary(primary, route, read.request_id, "noise-probe")
+        headers = self.client.for_secondary(primary, route, read.request_id, "noise-probe")
         side = primary.side
 
         async def probe() -> None:
