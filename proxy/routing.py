@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Literal
 
 from proxy.config.spec import READ_METHODS, Side
@@ -21,7 +22,10 @@ BUCKETS = 10_000
 Reason = Literal["weight", "rollback", "no-customer", "affinity"]
 
 
+@lru_cache(maxsize=16_384)
 def bucket_of(salt: str, customer: str) -> int:
+    """Cached: a customer's requests come in runs (a conversation, a page's several calls), and
+    the hash was ~1 % of a pass-through request's instructions; 16 384 keys are ~3 MiB."""
     digest = hashlib.blake2b(f"{salt}\x00{customer}".encode(), digest_size=8).digest()
     return int.from_bytes(digest, "big") % BUCKETS
 
@@ -42,7 +46,7 @@ def is_rolled_back(scopes: frozenset[RollbackKey], route: str, channel: str, coh
     return False
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: made per request (a frozen dataclass's __init__ is ~4x slower)
 class Decision:
     route: Route
     identity: Identity

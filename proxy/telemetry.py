@@ -231,8 +231,15 @@ class Telemetry:
         status: int,
         seconds: float,
     ) -> None:
-        """A client's request was answered (by `platform`, or by cutover itself when None)."""
-        cell = self._labels(route, channel, cohort)
+        """A client's request was answered (by `platform`, or by cutover itself when None).
+
+        Called for every request: the histograms are fed inline (two calls of observe were
+        ~1 % of a pass-through request)."""
+        cell = (
+            route if route in self._routes else OTHER,
+            channel if channel in self._channels else OTHER,
+            cohort if cohort in self._cohorts else OTHER,
+        )
         side = platform if platform in ("old", "new") else "none"
         code = f"{status // 100}xx" if 100 <= status < 600 else "error"
         self.requests[(*cell, side, code)] += 1
@@ -242,7 +249,10 @@ class Telemetry:
         hist = self.latency.get(key)
         if hist is None:
             hist = self.latency[key] = Histogram()
-        hist.observe(seconds)
+        bucket = bisect.bisect_left(BUCKETS, seconds)
+        hist.counts[bucket] += 1
+        hist.total += seconds
+        hist.n += 1
         slot = self._window(cell).slot(time.monotonic())
         slot.requests[side] += 1
         if status >= 500 or status < 100:
@@ -250,7 +260,9 @@ class Telemetry:
         slot_hist = slot.latency.get(side)
         if slot_hist is None:
             slot_hist = slot.latency[side] = Histogram()
-        slot_hist.observe(seconds)
+        slot_hist.counts[bucket] += 1
+        slot_hist.total += seconds
+        slot_hist.n += 1
 
     def compared(
         self,

@@ -371,6 +371,27 @@ async def test_an_upgrade_offer_is_answered_as_http11_then_closed(serve):
     writer.close()
 
 
+async def test_a_kept_alive_connection_is_served_by_one_task_that_ends_with_it(serve):
+    server, app, port = await serve()
+    reader, writer = await connect(port)
+    tasks = set()
+    for n in range(4):
+        writer.write(f"GET /echo?n={n} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+        assert (await read_response(reader)).status == 200
+        assert len(server.tasks) == 1  # waiting for the next request, not one task a request
+        tasks |= server.tasks
+    assert len(tasks) == 1
+    # pipelined: the worker takes the next request itself as it finishes the one before
+    writer.write(b"GET /echo?n=4 HTTP/1.1\r\nHost: x\r\n\r\n" * 2)
+    for _ in range(2):
+        assert (await read_response(reader)).status == 200
+    assert server.tasks == tasks
+    writer.close()
+    await wait_for(lambda: not server.tasks, what="the worker to end with its connection")
+    assert len(app.seen) == 6
+    assert server.in_flight == 0
+
+
 async def test_shutdown_finishes_requests_in_flight_and_closes_idle_connections(serve):
     server, app, port = await serve()
     idle_reader, idle = await connect(port)
