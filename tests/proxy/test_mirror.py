@@ -68,6 +68,30 @@ async def test_concurrency_then_queue_then_drop():
     assert dispatcher.snapshot()["new-crm"]["dropped_queue_full"] == 2
 
 
+async def test_jobs_run_in_the_lanes_workers_which_end_when_it_retires():
+    dispatcher = MirrorDispatcher()
+    limits = MirrorLimits(concurrency=2, queue=10, rate=0)
+    tasks: list[asyncio.Task[object] | None] = []
+
+    async def job() -> None:
+        tasks.append(asyncio.current_task())
+
+    for _ in range(6):  # one after the other: each finds the worker of the one before idle
+        assert dispatcher.submit("new-crm", limits, job) is None
+        await wait_for(lambda: dispatcher.lane("new-crm", limits).in_flight == 0, what="a job")
+    assert len(tasks) == 6
+    assert len(set(tasks)) == 1
+    assert len(dispatcher.supervisor) == 1  # idle, waiting for the next job
+    # a reload that changes the limits replaces the lane: the old lane's idle worker ends
+    changed = MirrorLimits(concurrency=3, queue=10, rate=0)
+    assert dispatcher.submit("new-crm", changed, job) is None
+    await wait_for(lambda: len(tasks) == 7, what="the new lane's job")
+    assert tasks[-1] is not tasks[0]
+    await wait_for(lambda: len(dispatcher.supervisor) == 1, what="the old worker to end")
+    assert await dispatcher.drain(timeout=5) == 0
+    assert len(dispatcher.supervisor) == 0
+
+
 async def test_a_failing_job_is_contained_and_frees_its_slot():
     dispatcher = MirrorDispatcher()
     limits = MirrorLimits(concurrency=1, queue=5, rate=0)
