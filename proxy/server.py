@@ -238,7 +238,7 @@ class Proxy:
             route,
             identity,
             method,
-            int(self._random.random() * 10_000),  # randrange is Python code, ~1 % of a request
+            int(self._random.random() * 10_000),  # randrange: Python code, 0.7 % (py-spy)
             affinity=resolved.affinity,
             extra_rollback=self.store.overlay,
         )

@@ -467,8 +467,7 @@ class _Exchange:
         rules = route.rules
         if route.ids is None and max(old.observation.body_size, new.observation.body_size) <= (
             COMPARE_OFF_LOOP
-        ):  # the usual case, without the two coroutines of in_old_terms and compare (~2 % of
-            # a shadow read's instructions)
+        ):  # the usual case: no id map to translate through, small enough for the loop
             comparison = compare(old.observation, new.observation, rules, noise=sh.noise(route))
         else:
             new_obs, translated = await sh.in_old_terms(route, new.observation)

@@ -234,7 +234,7 @@ class Telemetry:
         """A client's request was answered (by `platform`, or by cutover itself when None).
 
         Called for every request: the histograms are fed inline (two calls of observe were
-        ~1 % of a pass-through request)."""
+        ~0.7 % of a pass-through request's time, cProfile)."""
         cell = (
             route if route in self._routes else OTHER,
             channel if channel in self._channels else OTHER,

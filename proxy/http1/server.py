@@ -583,8 +583,10 @@ class _Connection(WriteFlow):
 
     async def _serve(self, request: Request | None) -> None:
         """The connection's worker: its requests one after the other, in one task for as long
-        as the connection is kept alive. A task per request cost ~3 µs (creating it, asyncio's
-        registry of tasks, its done callbacks): ~3 % of a pass-through request."""
+        as the connection is kept alive. A task per request cost ~3 µs on this kind of host
+        (creating it, asyncio's registry of tasks, its done callbacks); with it, and with
+        per-request values as plain dataclasses, went 5.5 % of a pass-through request's
+        instructions."""
         while request is not None:
             self._serving = True
             try:
