@@ -25,7 +25,7 @@ Reason = Literal["weight", "rollback", "no-customer", "affinity"]
 @lru_cache(maxsize=16_384)
 def bucket_of(salt: str, customer: str) -> int:
     """Cached: a customer's requests come in runs (a conversation, a page's several calls), and
-    the hash was ~1 % of a pass-through request's time (cProfile); 16 384 keys are ~3 MiB."""
+    the hash was ~1 % of a pass-through request's time (cProfile); 16 384 keys are a few MiB."""
     digest = hashlib.blake2b(f"{salt}\x00{customer}".encode(), digest_size=8).digest()
     return int.from_bytes(digest, "big") % BUCKETS
 
