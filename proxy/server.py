@@ -272,56 +272,60 @@ class Proxy:
             request, table, route, primary, whole=journal is not None
         )
         intent = None
-        if journal is not None:
-            intent = await journal.journal(
-                route,
-                method=method,
-                path=path,
-                query=query,
-                body=raw or b"",
-                content_type=request.headers.get("Content-Type", ""),
-                primary=primary,
-                secondary=decision.secondary,
-                resolved=resolved,
-                request_id=ex.request_id,
-                customer=self.hasher(identity.customer),
-                client_key=request.headers.get("Idempotency-Key"),
-            )
-            headers["Idempotency-Key"] = intent.entry.primary_key
-        shadow = self._shadow_read(request, table, decision, resolved, path, query, ex)
         try:
-            async with self.clients.request(
-                upstream, "primary", method, target, headers, data, length
-            ) as answer:
-                payload = await self._relay(
-                    request,
-                    respond,
-                    answer,
-                    ex,
+            if journal is not None:
+                intent = await journal.journal(
                     route,
-                    primary,
-                    shadow.capture if shadow else None,
-                    keep=intent is not None or creates,
+                    method=method,
+                    path=path,
+                    query=query,
+                    body=raw or b"",
+                    content_type=request.headers.get("Content-Type", ""),
+                    primary=primary,
+                    secondary=decision.secondary,
+                    resolved=resolved,
+                    request_id=ex.request_id,
+                    customer=self.hasher(identity.customer),
+                    client_key=request.headers.get("Idempotency-Key"),
                 )
-                status = answer.status
+                headers["Idempotency-Key"] = intent.entry.primary_key
+            shadow = self._shadow_read(request, table, decision, resolved, path, query, ex)
+            try:
+                async with self.clients.request(
+                    upstream, "primary", method, target, headers, data, length
+                ) as answer:
+                    payload = await self._relay(
+                        request,
+                        respond,
+                        answer,
+                        ex,
+                        route,
+                        primary,
+                        shadow.capture if shadow else None,
+                        keep=intent is not None or creates,
+                    )
+                    status = answer.status
+                    if shadow is not None:
+                        shadow.answered(status, answer.headers)
+            except UpstreamError as exc:
                 if shadow is not None:
-                    shadow.answered(status, answer.headers)
-        except UpstreamError as exc:
-            if shadow is not None:
-                shadow.failed(exc.kind)  # compared with what the secondary says (result: error)
+                    shadow.failed(exc.kind)  # compared with what the secondary says (result: error)
+                    await self._send_copy(shadow, request, named, trusted)
+                if journal is not None and intent is not None:
+                    await journal.failed(intent, exc)
+                raise
+            finally:
+                if shadow is not None and shadow.control is None and self.shadowing is not None:
+                    self.shadowing.aborted(shadow)  # the client went away first: no copy is sent
+            if shadow is not None:  # the client has its answer
                 await self._send_copy(shadow, request, named, trusted)
             if journal is not None and intent is not None:
-                await journal.failed(intent, exc)
-            raise
+                await journal.settle(intent, route, status, payload)
+            elif creates and self.dual is not None and 200 <= status < 300:
+                await self.dual.note_create(route, primary, payload)
         finally:
-            if shadow is not None and shadow.control is None and self.shadowing is not None:
-                self.shadowing.aborted(shadow)  # the client went away first: no copy is sent
-        if shadow is not None:  # the client has its answer
-            await self._send_copy(shadow, request, named, trusted)
-        if journal is not None and intent is not None:
-            await journal.settle(intent, route, status, payload)
-        elif creates and self.dual is not None and 200 <= status < 300:
-            await self.dual.note_create(route, primary, payload)
+            if journal is not None and intent is not None:
+                journal.done(intent)  # the next write to the same record may go
 
     def _shadow_read(
         self,

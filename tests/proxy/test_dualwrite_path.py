@@ -3,6 +3,7 @@ outbox: writes reach both platforms under their own ids, in order, whatever the 
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -184,6 +185,47 @@ async def test_secondary_down_then_back_every_write_arrives_in_order(sims: Simul
     record = sims.new_crm.contact(new_id)
     assert record is not None
     assert record["name"] == "Version 7"
+
+
+async def test_writes_to_one_record_reach_the_primary_one_at_a_time(sims: Simulators, demo):
+    """Two writes to one record in flight at once: the second waits for the first to settle, so
+    both platforms end with the second (they used to be able to settle in the other order than
+    the primary applied them). A write to another record does not wait."""
+    running = await demo()
+    sims.old_crm.set_faults("slow", delay_ms=300, methods=["PATCH"])
+
+    def patches(old_id: int) -> list[Any]:
+        return [
+            r
+            for r in sims.old_crm.requests()
+            if r.method == "PATCH" and r.path.endswith(f"/{old_id}")
+        ]
+
+    def patch(old_id: int, name: str) -> asyncio.Future[tuple[int, Any, str]]:
+        return asyncio.ensure_future(  # noqa: TID251 - the test owns it
+            call(
+                running, "PATCH", f"/api/contacts/{old_id}", f"C-{old_id}", json={"full_name": name}
+            )
+        )
+
+    first = patch(1014, "First")
+    await wait_for(lambda: patches(1014), what="the first write at the old CRM")
+    second, other = patch(1014, "Second"), patch(1015, "Other")
+    results = await asyncio.gather(first, second, other)
+    assert [status for status, _, _ in results] == [200, 200, 200]
+    [at_first, at_second] = [r.at for r in patches(1014)]
+    [at_other] = [r.at for r in patches(1015)]
+    assert at_second - at_first >= 0.29  # sent once the first was answered (300 ms) and settled
+    assert at_other - at_first < 0.25  # another record's write went meanwhile
+    await wait_for(outbox_empty(running), timeout=20, what="both writes on the new CRM")
+    old, new_id = sims.old_crm.contact(1014), sims.new_id("contact", 1014)
+    assert old is not None
+    assert new_id is not None
+    new = sims.new_crm.contact(new_id)
+    assert new is not None
+    assert (old["full_name"], new["name"]) == ("Second", "Second")
+    assert running.parts.proxy.dual is not None
+    assert len(running.parts.proxy.dual.turns) == 0  # no lock left behind
 
 
 async def test_500s_are_retried_and_422_is_a_dead_letter_with_its_reason(sims: Simulators, demo):
