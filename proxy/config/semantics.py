@@ -21,6 +21,12 @@ def check(doc: Mapping[str, Any]) -> list[Issue]:
     return list(_check(doc))
 
 
+def _listing(names: Any, empty: str = "-") -> str:
+    """Names for a message, as written where they are plain and quoted where not: a name with a
+    line break in it (itself refused at its place) must not break the one-line-per-issue report."""
+    return ", ".join(n if n.isprintable() else repr(n) for n in names) or empty
+
+
 def _names(items: Any, key: str = "name") -> list[str]:
     if not isinstance(items, list):
         return []
@@ -51,7 +57,7 @@ def _check(doc: Mapping[str, Any]) -> Iterator[Issue]:
         if isinstance(default, str) and channel_set and default not in channel_set:
             yield (
                 ("identify", "channel", "default"),
-                f"{default!r} is not one of the channels ({', '.join(channels)})",
+                f"{default!r} is not one of the channels ({_listing(channels)})",
             )
     elif (
         channel_set
@@ -141,7 +147,7 @@ def _check_routes(
         if isinstance(api, str):
             for side in ("old", "new"):
                 if side in apis and api not in apis[side]:
-                    have = ", ".join(sorted(apis[side])) or "none"
+                    have = _listing(sorted(apis[side]), "none")
                     yield (
                         ("routes", i, "api"),
                         f"{api!r} is not an API of platform {side} (it has: {have})",
@@ -187,8 +193,8 @@ def _check_weights(
     if not isinstance(weights, dict):
         yield place, "expected a mapping of channel or cohort to a percentage"
         return
-    cohort_list = ", ".join(sorted(cohorts)) or "-"
-    known = f"channels: {', '.join(sorted(channels)) or '-'}; cohorts: {cohort_list}"
+    cohort_list = _listing(sorted(cohorts))
+    known = f"channels: {_listing(sorted(channels))}; cohorts: {cohort_list}"
     for key, value in weights.items():
         at = (*place, str(key))
         if key == "default" or key in cohorts:

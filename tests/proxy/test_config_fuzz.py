@@ -419,6 +419,22 @@ def mutations(draw: st.DrawFn) -> tuple[dict[str, Any], str, tuple[str | int, ..
     return doc, kind, place, value
 
 
+@pytest.mark.parametrize("name", ["\n", "a\nb", "tab\there", "\r"])
+def test_a_name_with_a_line_break_stays_on_its_issues_line(name):
+    """Found by the fuzzer below: a cohort named "\n" was refused at its place, and then listed
+    raw in another issue's message ("unknown cohort 'pilot' (cohorts: \n, ...)"), which broke
+    that issue over two lines of `cutover validate`. Names in listings are quoted when not plain.
+    """
+    for section in ("cohorts", "channels"):
+        doc = rich_doc()
+        if section == "cohorts":
+            doc["cohorts"][0]["name"] = name
+        else:
+            doc["channels"][0] = name
+        result = outcome(to_yaml(doc))  # checks one line per issue
+        assert isinstance(result, ConfigError), section
+
+
 @given(mutations())
 @FUZZ
 def test_structured_mutations_are_refused_at_their_place(mutation):
