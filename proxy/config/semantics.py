@@ -24,7 +24,11 @@ def check(doc: Mapping[str, Any]) -> list[Issue]:
 def _listing(names: Any, empty: str = "-") -> str:
     """Names for a message, as written where they are plain and quoted where not: a name with a
     line break in it (itself refused at its place) must not break the one-line-per-issue report."""
-    return ", ".join(n if n.isprintable() else repr(n) for n in names) or empty
+    return ", ".join(_plain(n) for n in names) or empty
+
+
+def _plain(name: str) -> str:
+    return name if name.isprintable() else repr(name)
 
 
 def _names(items: Any, key: str = "name") -> list[str]:
@@ -174,7 +178,7 @@ def _check_routes(
                 if other != i:
                     yield (
                         ("routes", i, "path"),
-                        f"{method} {path} is already matched by routes[{other}]; "
+                        f"{_plain(method)} {_plain(path)} is already matched by routes[{other}]; "
                         "two routes may not match the same request",
                     )
             ids = route.get("ids")
