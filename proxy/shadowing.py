@@ -45,7 +45,7 @@ from proxy.telemetry import Telemetry
 from proxy.translate import Resolved, Translator
 from proxy.upstream import UpstreamClients
 from shadow.compare import Comparison, Difference, Observation, compare, compare_repeat
-from shadow.noise import NoiseLearner, NoiseSet
+from shadow.noise import NoiseLearner
 from shadow.redact import redact_difference, redact_doc
 from shadow.rules import CompareRules
 from shadow.stats import Cell, Outcome, ShadowStats
@@ -307,11 +307,6 @@ class Shadowing:
             learner = self._learners[route] = NoiseLearner()
         return learner
 
-    def noise(self, route: Route) -> NoiseSet | None:
-        """What has been learnt to be noise on `route` so far."""
-        learner = self._learners.get(route.name)
-        return learner.snapshot() if learner is not None else None
-
     def noise_report(self) -> dict[str, dict[str, int]]:
         return {name: dict(lr.snapshot().counts) for name, lr in self._learners.items()}
 
@@ -413,8 +408,7 @@ class Shadowing:
         *,
         translated: bool = False,
     ) -> Comparison:
-        learner = self._learners.get(route)
-        noise = learner.snapshot() if learner is not None else None
+        noise = self._learners[route].snapshot() if route in self._learners else None
         if max(old.body_size, new.body_size) <= COMPARE_OFF_LOOP:
             return compare(old, new, rules, noise=noise, new_is_translated=translated)
         loop = asyncio.get_running_loop()
@@ -464,16 +458,10 @@ class _Exchange:
         old, new = self._oriented(control, candidate)
         assert old.observation is not None
         assert new.observation is not None
-        rules = route.rules
-        if route.ids is None and max(old.observation.body_size, new.observation.body_size) <= (
-            COMPARE_OFF_LOOP
-        ):  # the usual case: no id map to translate through, small enough for the loop
-            comparison = compare(old.observation, new.observation, rules, noise=sh.noise(route))
-        else:
-            new_obs, translated = await sh.in_old_terms(route, new.observation)
-            comparison = await sh.compare(
-                old.observation, new_obs, rules, route.name, translated=translated
-            )
+        new_obs, translated = await sh.in_old_terms(route, new.observation)
+        comparison = await sh.compare(
+            old.observation, new_obs, route.rules, route.name, translated=translated
+        )
         result: Outcome = "match" if comparison.match else "mismatch"
         sh.stats.count(self.cell, result, noisy=bool(comparison.noise))
         if sh.telemetry is not None:
