@@ -61,30 +61,74 @@ def _p99s(isolation: dict[str, Any], case: str) -> str:
     return ", ".join(_ms(run["p99_ms"]) for run in isolation["runs"][case])
 
 
+def _dropped(counters: list[dict[str, Any]]) -> float:
+    """The share of shadow copies cutover's mirror budget dropped, over runs' counters."""
+    shadow: dict[str, int] = {}
+    for found in counters:
+        for key, value in found.items():
+            if key.startswith("shadow:"):
+                shadow[key] = shadow.get(key, 0) + int(value)
+    return shadow.get("shadow:dropped", 0) / max(1, sum(shadow.values()))
+
+
+def _drop_caveat(dropped: float) -> str:
+    caveat = (
+        f"; {dropped:.0%} of the shadow copies were dropped by cutover's mirror budget"
+        if dropped >= 0.005
+        else ""
+    )
+    if dropped > MAX_SHADOW_DROPPED:
+        caveat += " (not a throughput *with* comparison)"
+    return caveat
+
+
+def round_ratios(throughput: dict[str, Any], case: str, reference: str) -> list[float]:
+    """Each round's own ratio: a round's runs are seconds apart, so a slow spell of the host
+    moves both sides of it."""
+    pairs = zip(throughput["runs"][case], throughput["runs"][reference], strict=False)
+    return [a["requests_per_s"] / b["requests_per_s"] for a, b in pairs if b["requests_per_s"]]
+
+
+def _rps(throughput: dict[str, Any], case: str) -> str:
+    return ", ".join(f"{run['requests_per_s']:,.0f}" for run in throughput["runs"][case])
+
+
 def checks(
     results: dict[str, CaseResult],
     soak: dict[str, Any] | None,
     rates: list[int],
     isolation: dict[str, Any] | None = None,
+    throughput: dict[str, Any] | None = None,
 ) -> list[Check]:
     out: list[Check] = []
 
     def ratio_check(label: str, case: str, reference: str, limit: float) -> None:
+        if throughput is not None:
+            ratios = round_ratios(throughput, case, reference)
+            ratio = statistics.median(ratios) if ratios else 0.0
+            dropped = _dropped([run.get("counters", {}) for run in throughput["runs"][case]])
+            medians = throughput["median_rps"]
+            out.append(
+                Check(
+                    label,
+                    f"median of {throughput['rounds']} rounds in turns, round by round: "
+                    f"{ratio:.3f} (needs {limit:.2f}; rounds "
+                    + ", ".join(f"{r:.3f}" for r in ratios)
+                    + f"); median req/s {medians[case]:,.0f} / {medians[reference]:,.0f}; runs "
+                    f"{_rps(throughput, case)} vs {_rps(throughput, reference)}"
+                    + _drop_caveat(dropped),
+                    "PASS" if ratio >= limit and dropped <= MAX_SHADOW_DROPPED else "MISS",
+                )
+            )
+            return
         mine, ref = results.get(case), results.get(reference)
         if not mine or not ref:
             out.append(Check(label, f"needs cases {case} and {reference}", "NOT RUN"))
             return
         a, b = mine.saturation.requests_per_s, ref.saturation.requests_per_s
         ratio = a / b if b else 0.0
-        shadow = {k: v for k, v in mine.saturation.counters.items() if k.startswith("shadow:")}
-        dropped = shadow.get("shadow:dropped", 0) / max(1, sum(shadow.values()))
-        caveat = (
-            f"; {dropped:.0%} of the shadow copies were dropped by cutover's mirror budget"
-            if dropped >= 0.005
-            else ""
-        )
-        if dropped > MAX_SHADOW_DROPPED:
-            caveat += " (not a throughput *with* comparison)"
+        dropped = _dropped([mine.saturation.counters])
+        caveat = _drop_caveat(dropped)
         out.append(
             Check(
                 label,
@@ -225,6 +269,7 @@ def render(
     info: dict[str, Any],
     started_at: datetime,
     plot_name: str | None,
+    throughput: dict[str, Any] | None = None,
 ) -> tuple[str, list[Check]]:
     from bench.suite import CASES
 
@@ -250,6 +295,7 @@ def render(
         f" --cases {','.join(opts.cases)}"
         + (f" --soak-minutes {opts.soak_minutes:g}" if opts.soak_minutes else "")
         + (f" --rounds {opts.rounds}" if opts.rounds else "")
+        + (f" --throughput-rounds {opts.throughput_rounds}" if opts.throughput_rounds else "")
         + "`.",
         "",
     ]
@@ -289,7 +335,7 @@ def render(
         "| target | measured | result |",
         "|---|---|---|",
     ]
-    found = checks(by_name, soak, opts.rates, isolation)
+    found = checks(by_name, soak, opts.rates, isolation, throughput)
     lines += [f"| {c.target} | {c.measured} | **{c.result}** |" for c in found]
     lines += ["", "## Cases", ""]
     lines += [f"- `{r.name}`: {CASES.get(r.name, '')}" for r in results]
@@ -326,6 +372,7 @@ def write_outputs(
     info: dict[str, Any],
     started_at: datetime,
     plot: bool,
+    throughput: dict[str, Any] | None = None,
 ) -> str:
     out = opts.out
     (out / "raw").mkdir(parents=True, exist_ok=True)
@@ -355,6 +402,7 @@ def write_outputs(
         info=info,
         started_at=started_at,
         plot_name=plot_name,
+        throughput=throughput,
     )
     (out / f"report-{stamp}.md").write_text(text)
     latest = text.replace(f"]({plot_name})", "](latency.png)") if plot_name else text
@@ -367,6 +415,7 @@ def write_outputs(
         "failed": failed,
         "soak": soak,
         "isolation": isolation,
+        "throughput": throughput,
         "targets": [asdict(c) for c in found],
     }
     (out / "raw" / f"run-{stamp}.json").write_bytes(

@@ -95,6 +95,7 @@ class Options:
     keep: bool
     quiet_wait: float
     rounds: int = 0  # the p99 targets' interleaved rounds (0: none)
+    throughput_rounds: int = 0  # the throughput targets' interleaved rounds (0: none)
 
 
 @dataclass
@@ -142,6 +143,7 @@ class Env:
     new_port: int
     helpers: dict[int, int] = field(default_factory=dict)  # our other busy pids -> their core
     retry_budget: int = 0  # repeats left in the current case
+    steal_repeats: int = 0  # runs of the current rounds measured again for steal
 
 
 # --- cutover -------------------------------------------------------------------------------
@@ -602,6 +604,65 @@ def warm_up(env: Env, target: Target) -> None:
     )
 
 
+#: the throughput targets' cases, started side by side and saturated in turns (bench/README.md)
+THROUGHPUT_CASES = ("nginx", "nginx-mirror", "cutover-pass", "cutover-shadow")
+
+
+def in_turns(env: Env, names: tuple[str, ...], rate: float, rounds: int) -> dict[str, list[Run]]:
+    """Start `names` side by side (each on its own cores, as alone) and load them in turns,
+    `rounds` times over, each one only once the others have gone idle: a slow spell of the host
+    then moves every case of a round, where one case after the other would put it on one of
+    them. rate 0: saturation. A run with over STEAL_RETRY_ABOVE steal is measured again."""
+    opts = env.opts
+    runs: dict[str, list[Run]] = {name: [] for name in names}
+    with contextlib.ExitStack() as stack:
+        targets = {name: stack.enter_context(case_target(env, name)) for name in names}
+        for target in targets.values():
+            warm_up(env, target)
+        for round_ in range(rounds):
+            wait_quiet(env)
+            for name, target in targets.items():
+                for other in targets.values():  # only the one measured is busy
+                    settle(other.sut_pid)
+                run = measure(env, target, seconds=opts.seconds, rate=rate)
+                for _ in range(STEAL_REPEATS):
+                    if run.steal <= STEAL_RETRY_ABOVE:
+                        break
+                    print(f"   ({name}: {run.steal:.1%} steal: measuring again)", flush=True)
+                    env.steal_repeats += 1
+                    settle(target.sut_pid)
+                    again = measure(env, target, seconds=opts.seconds, rate=rate)
+                    run = again if again.steal < run.steal else run
+                runs[name].append(run)
+                print(
+                    f"   round {round_ + 1} {name:<20} {fmt_rate_run(run)}  steal {run.steal:.1%}",
+                    flush=True,
+                )
+    return runs
+
+
+def throughput(env: Env) -> dict[str, Any]:
+    """The throughput targets, measured so that they can be compared: nginx, nginx-mirror,
+    cutover pass-through and shadow saturated in turns, `throughput_rounds` times; the targets
+    take the median of each round's own ratio.
+
+    One case after the other is not enough on this kind of VM: the host's speed for Python
+    drifts by 20-30 % within an hour, and in one full run cutover-shadow with the secondary down
+    (more work per request) measured faster than pass-through minutes before it."""
+    rounds = env.opts.throughput_rounds
+    print(f"\n== saturation, {', '.join(THROUGHPUT_CASES)} in turns, {rounds} rounds", flush=True)
+    env.steal_repeats = 0
+    runs = in_turns(env, THROUGHPUT_CASES, 0.0, rounds)
+    return {
+        "rounds": rounds,
+        "steal_repeats": env.steal_repeats,
+        "median_rps": {
+            name: statistics.median(r.requests_per_s for r in got) for name, got in runs.items()
+        },
+        "runs": {name: [r.as_dict() for r in got] for name, got in runs.items()},
+    }
+
+
 #: cutover-pass-again is cutover-pass started a second time, measured last in each round: how far
 #: two identical cases differ is the resolution the rounds give the targets (bench/README.md)
 ISOLATION_CASES = (
@@ -627,36 +688,13 @@ def isolation(env: Env, rate: int) -> dict[str, Any]:
         f"\n== p99 at {rate}/s, {', '.join(ISOLATION_CASES)} in turns, {opts.rounds} rounds",
         flush=True,
     )
-    runs: dict[str, list[Run]] = {name: [] for name in ISOLATION_CASES}
-    repeats = 0
-    with contextlib.ExitStack() as stack:
-        targets = {name: stack.enter_context(case_target(env, name)) for name in ISOLATION_CASES}
-        for target in targets.values():
-            warm_up(env, target)
-        for round_ in range(opts.rounds):
-            wait_quiet(env)
-            for name, target in targets.items():
-                for other in targets.values():  # only the one measured is busy
-                    settle(other.sut_pid)
-                run = measure(env, target, seconds=opts.seconds, rate=rate)
-                for _ in range(STEAL_REPEATS):
-                    if run.steal <= STEAL_RETRY_ABOVE:
-                        break
-                    print(f"   ({name}: {run.steal:.1%} steal: measuring again)", flush=True)
-                    repeats += 1
-                    settle(target.sut_pid)
-                    again = measure(env, target, seconds=opts.seconds, rate=rate)
-                    run = again if again.steal < run.steal else run
-                runs[name].append(run)
-                print(
-                    f"   round {round_ + 1} {name:<20} {fmt_rate_run(run)}  steal {run.steal:.1%}",
-                    flush=True,
-                )
+    env.steal_repeats = 0
+    runs = in_turns(env, ISOLATION_CASES, rate, opts.rounds)
     medians = {name: statistics.median(r.p99_ms or 0.0 for r in got) for name, got in runs.items()}
     return {
         "rate": rate,
         "rounds": opts.rounds,
-        "steal_repeats": repeats,
+        "steal_repeats": env.steal_repeats,
         "median_p99_ms": medians,
         "median_p50_ms": {
             name: statistics.median(r.p50_ms or 0.0 for r in got) for name, got in runs.items()
@@ -815,6 +853,13 @@ def parse_args(argv: list[str] | None) -> Options:
         help="the latency targets: direct, pass-through, secondary slow and down loaded in "
         "turns at 1000/s, N rounds, medians compared (default 7; --quick 0; 0 skips)",
     )
+    parser.add_argument(
+        "--throughput-rounds",
+        type=int,
+        help="the throughput targets: nginx, nginx-mirror, cutover pass-through and shadow "
+        "saturated in turns, N rounds, the median of each round's ratio (default 5; --quick 0; "
+        "0: the cases' own saturation runs)",
+    )
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results")
     parser.add_argument("--connections", type=int, default=64, help="wrk connections (64)")
     parser.add_argument("--keep", action="store_true", help="keep the work folder (configs, logs)")
@@ -841,8 +886,8 @@ def parse_args(argv: list[str] | None) -> Options:
         parser.error("rates must be positive")
     if args.connections < 1 or (args.seconds is not None and args.seconds < 1):
         parser.error("--connections and --seconds must be at least 1")
-    if args.rounds is not None and args.rounds < 0:
-        parser.error("--rounds must be >= 0")
+    if (args.rounds or 0) < 0 or (args.throughput_rounds or 0) < 0:
+        parser.error("--rounds and --throughput-rounds must be >= 0")
     if args.soak_minutes < 0 or args.soak_rate < 1:
         parser.error("--soak-minutes must be >= 0 and --soak-rate >= 1")
     return Options(
@@ -858,6 +903,9 @@ def parse_args(argv: list[str] | None) -> Options:
         keep=args.keep,
         quiet_wait=args.quiet_wait,
         rounds=args.rounds if args.rounds is not None else (0 if args.quick else 7),
+        throughput_rounds=(
+            args.throughput_rounds if args.throughput_rounds is not None else 0 if args.quick else 5
+        ),
     )
 
 
@@ -870,6 +918,18 @@ def preflight() -> None:
             f"the bench needs cores {SUT_CORE} and {LOAD_CORE} (server under test / upstreams "
             f"and load); this process may use only {sorted(allowed)}"
         )
+
+
+def attempt(
+    failed: dict[str, str], key: str, what: str, step: Callable[..., dict[str, Any]], *args: Any
+) -> dict[str, Any] | None:
+    """One step after the cases; a failure is reported (`failed[key]`) and the rest go on."""
+    try:
+        return step(*args)
+    except (BenchError, RuntimeError, OSError) as exc:
+        failed[key] = str(exc).strip()
+        print(f"bench: {what} failed: {failed[key]}", file=sys.stderr)
+        return None
 
 
 def run(opts: Options, ensure_plot: Callable[[], bool]) -> int:
@@ -910,20 +970,13 @@ def run(opts: Options, ensure_plot: Callable[[], bool]) -> int:
             except (BenchError, RuntimeError, OSError) as exc:  # report it, go on with the rest
                 failed[name] = str(exc).strip()
                 print(f"bench: case {name} failed: {failed[name]}", file=sys.stderr)
-        isolated = None
+        saturated = isolated = soaked = None
+        if opts.throughput_rounds > 0:
+            saturated = attempt(failed, "throughput", "the throughput rounds", throughput, env)
         if opts.rounds > 0 and TARGET_RATE in opts.rates:
-            try:
-                isolated = isolation(env, TARGET_RATE)
-            except (BenchError, RuntimeError, OSError) as exc:
-                failed["isolation"] = str(exc).strip()
-                print(f"bench: the p99 rounds failed: {failed['isolation']}", file=sys.stderr)
-        soaked = None
+            isolated = attempt(failed, "isolation", "the p99 rounds", isolation, env, TARGET_RATE)
         if opts.soak_minutes > 0:
-            try:
-                soaked = soak(env)
-            except (BenchError, RuntimeError, OSError) as exc:
-                failed["soak"] = str(exc).strip()
-                print(f"bench: the soak failed: {failed['soak']}", file=sys.stderr)
+            soaked = attempt(failed, "soak", "the soak", soak, env)
         ok = not failed
     finally:
         procs.stop_all()
@@ -937,6 +990,7 @@ def run(opts: Options, ensure_plot: Callable[[], bool]) -> int:
         failed=failed,
         soak=soaked,
         isolation=isolated,
+        throughput=saturated,
         info=info,
         started_at=started_at,
         plot=can_plot,
