@@ -289,7 +289,7 @@ class Proxy:
                     client_key=request.headers.get("Idempotency-Key"),
                 )
                 headers["Idempotency-Key"] = intent.entry.primary_key
-            shadow = self._shadow_read(request, table, decision, resolved, path, query, ex)
+            shadow = self._shadow_read(request, table, decision, resolved, path, query, target, ex)
             try:
                 async with self.clients.request(
                     upstream, "primary", method, target, headers, data, length
@@ -335,6 +335,7 @@ class Proxy:
         resolved: Resolved,
         path: str,
         query: str,
+        target: str,
         ex: Exchange,
     ) -> ShadowRead | None:
         """A shadowed read the secondary's lane can take, decided before the primary is asked
@@ -352,6 +353,7 @@ class Proxy:
             request.method,
             path,
             query,
+            target,
             ex.request_id,
             resolved,
             self._random.random() * 100 < route.rules.noise_probe_percent,

@@ -154,6 +154,7 @@ class ShadowRead:
     method: str
     path: str
     query: str
+    primary_target: str  # what the primary was asked for (a noise probe asks it again)
     request_id: str
     resolved: Resolved
     probe_noise: bool
@@ -340,20 +341,15 @@ class Shadowing:
         assert control is not None, "a shadow read starts once the primary has answered"
         translator = self.translator
         path, query, resolved = read.path, read.query, read.resolved
+        side = read.secondary.side
         if translator.looks_up_query(route, query):
-            targets = (
-                await translator.path_on(route, read.secondary.side, path, query, resolved),
-                await translator.path_on(route, read.primary.side, path, query, resolved),
-            )
+            target = await translator.path_on(route, side, path, query, resolved)
         else:
-            targets = (
-                translator.path_now(route, read.secondary.side, path, query, resolved),
-                translator.path_now(route, read.primary.side, path, query, resolved),
-            )
-        if targets[0] is None or targets[1] is None:
+            target = translator.path_now(route, side, path, query, resolved)
+        if target is None:
             self.stats.dropped(cell, "one_sided_record")  # nothing to compare it with
             return False
-        exchange = _Exchange(self, read, client, cell, control, targets[0], targets[1])
+        exchange = _Exchange(self, read, client, cell, control, target)
         secondary = read.secondary
         reason = self.dispatcher.submit(secondary.name, secondary.mirror, exchange.run)
         if reason is not None:
@@ -428,7 +424,6 @@ class _Exchange:
     cell: Cell
     control: Answer
     secondary_target: str
-    primary_target: str
 
     async def run(self) -> FollowUp:
         """The candidate request (in the lane's slot); then, outside it, the comparison."""
@@ -484,7 +479,7 @@ class _Exchange:
         route = read.decision.route
         sh = self.shadowing
         primary = read.primary
-        target = self.primary_target
+        target = read.primary_target
         headers = self.client.for_secondary(primary, route, read.request_id, "noise-probe")
         side = primary.side
 
@@ -551,37 +546,33 @@ def build_record(
     platform echoed it; bodies only for mismatches, and only small ones. `head` becomes the
     record (one dict per compared read, not two)."""
     record = head  # the caller's own dict, made for this record
-    record.update(
-        {
-            "status": {
-                "old": old.observation.status if old.observation else None,
-                "new": new.observation.status if new.observation else None,
-            },
-            "latency_ms": {"old": round(old.latency_ms, 2), "new": round(new.latency_ms, 2)},
-        }
-    )
+    old_seen, new_seen = old.observation, new.observation
+    record["status"] = {
+        "old": old_seen.status if old_seen else None,
+        "new": new_seen.status if new_seen else None,
+    }
+    record["latency_ms"] = {"old": round(old.latency_ms, 2), "new": round(new.latency_ms, 2)}
     if comparison is None:
-        failed = "old" if old.error else "new"
-        record.update(
-            result="error",
-            match=False,
-            mode=None,
-            differences=[],
-            noise=[],
-            error={"side": failed, "kind": old.error or new.error},
-        )
+        record["result"] = "error"
+        record["match"] = False
+        record["mode"] = None
+        record["differences"] = []
+        record["noise"] = []
+        record["error"] = {"side": "old" if old.error else "new", "kind": old.error or new.error}
         return record
-    record.update(
-        result="match" if comparison.match else "mismatch",
-        match=comparison.match,
-        mode=comparison.mode,
-        differences=[_diff(redact_difference(d, rules)) for d in comparison.differences],
-        noise=[_diff(redact_difference(d, rules)) for d in comparison.noise],
-        error=None,
-    )
-    sizes = [a.observation.body_size for a in (old, new) if a.observation is not None]
+    match = comparison.match
+    record["result"] = "match" if match else "mismatch"
+    record["match"] = match
+    record["mode"] = comparison.mode
+    differences, noise = comparison.differences, comparison.noise
+    record["differences"] = [_diff(redact_difference(d, rules)) for d in differences]
+    record["noise"] = [_diff(redact_difference(d, rules)) for d in noise]
+    record["error"] = None
+    if match and not noise:
+        return record  # nothing from the bodies in it: no bodies to add, nothing to scrub
+    sizes = [seen.body_size for seen in (old_seen, new_seen) if seen is not None]
     small = max(sizes, default=0) <= RECORD_BODIES_UP_TO
-    if bodies and not comparison.match and comparison.mode == "json" and small:
+    if bodies and not match and comparison.mode == "json" and small:
         record["bodies"] = {
             "old": redact_doc(comparison.old_doc, rules),
             "new": redact_doc(comparison.new_doc, rules),
@@ -589,7 +580,7 @@ def build_record(
     if customer is not None:
         hashed = hasher(customer) or "***"
         for key in ("differences", "noise", "bodies"):
-            if record.get(key):  # a match has nothing to scrub
+            if record.get(key):
                 record[key] = scrub(record[key], customer, hashed)
     return record
 

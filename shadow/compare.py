@@ -338,6 +338,14 @@ def _result(
 
 
 def _diff_docs(old_doc: Any, new_doc: Any, rules: CompareRules, found: list[_Found]) -> None:
+    """Most shadow reads match: two documents whose sorted serialisations are the same bytes
+    are equal as JSON (under any tolerance or list key too), decided in C without Python's
+    `==` over both first (_equal) or a walk; the walk finds what differs in the others."""
+    try:
+        if orjson.dumps(old_doc, option=_SORTED) == orjson.dumps(new_doc, option=_SORTED):
+            return
+    except (RecursionError, TypeError, orjson.JSONEncodeError):
+        pass  # deeper than orjson goes: the walk has its own limit
     _walk(old_doc, new_doc, [], rules.diff_trie, found, 0)
 
 

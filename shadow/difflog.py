@@ -140,7 +140,9 @@ class DiffLogWriter:
         self.flush_interval = flush_interval
         self.active_path = self.directory / active_name(instance)
 
-        self._cond = threading.Condition(threading.Lock())
+        self._lock = threading.Lock()
+        # submit takes the lock itself: Condition's __enter__/__exit__ are Python-level calls
+        self._cond = threading.Condition(self._lock)
         self._queue: deque[bytes] = deque()  # serialised records, one line each
         self._accepted = 0  # records put in the queue, ever (under _cond)
         self._done = 0  # records taken from the queue and finished with (under _cond)
@@ -213,11 +215,11 @@ class DiffLogWriter:
         try:
             line = orjson.dumps(record, default=_default, option=_DUMPS_OPTIONS)
         except (TypeError, orjson.JSONEncodeError) as exc:
-            with self._cond:
+            with self._lock:
                 self._refused += 1
             self._log.warning("diff_log_record_dropped", reason=str(exc))
             return False
-        with self._cond:
+        with self._lock:
             if self._closing or len(self._queue) >= self.queue_size:
                 self._refused += 1
                 return False

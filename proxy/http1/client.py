@@ -175,7 +175,7 @@ class Answer:
 
     async def _wait(self) -> None:
         conn = self._conn
-        waiter = self._waiter = asyncio.get_running_loop().create_future()
+        waiter = self._waiter = conn.loop.create_future()
         conn.deadline = time.monotonic() + self._timeout
         try:
             await waiter
@@ -194,6 +194,9 @@ class _Conn(WriteFlow):
 
     def __init__(self, pool: Pool) -> None:
         self.pool = pool
+        # made by the loop it runs on (create_connection's factory); kept, because on Python
+        # 3.11 every get_running_loop() is a getpid() system call (a fork check)
+        self.loop = asyncio.get_running_loop()
         self.transport: asyncio.Transport | None = None
         self.closed = False
         self.reused = False
@@ -360,14 +363,13 @@ class _Conn(WriteFlow):
     ) -> Answer:
         """Send one request and wait for the answer's head."""
         assert self.transport is not None
-        loop = asyncio.get_running_loop()
         self._parser = httptools.HttpResponseParser(self)
         self._expecting = True
         self._answer = None
         self._received = False
         self._head_only = method == "HEAD"
         self._timeout = timeout
-        waiter = self._head = loop.create_future()
+        waiter = self._head = self.loop.create_future()
         try:
             if body is None or isinstance(body, bytes):
                 self.transport.write(head + body if body else head)
@@ -410,7 +412,7 @@ class _Conn(WriteFlow):
             self.transport.write(b"0\r\n\r\n")
 
     async def _drain(self) -> None:
-        drained = self._drained = asyncio.get_running_loop().create_future()
+        drained = self._drained = self.loop.create_future()
         self.deadline = time.monotonic() + self._timeout
         try:
             await drained

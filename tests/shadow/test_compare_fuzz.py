@@ -20,6 +20,7 @@ from proxy.config import Route, load_config
 from proxy.config.spec import CompareSpec
 from proxy.observe import CustomerHasher
 from proxy.shadowing import Answer, build_record
+from shadow import compare as compare_module
 from shadow import jsonpath
 from shadow.compare import MAX_DEPTH, Comparison, Observation, compare, compare_docs, compare_repeat
 from shadow.rules import CompareRules, compile_rules
@@ -355,3 +356,32 @@ def test_a_diff_record_never_holds_a_redacted_value_or_the_customer_key(data):
     if not comparison.match:
         assert record["result"] == "mismatch"
         assert record["differences"]
+
+
+def _mixed(value: Any) -> Any:
+    """The same JSON value with some numbers and booleans swapped for ones Python's == takes
+    for equal (1 and True, 0 and False, 2 and 2.0): equal to it for Python, not as JSON."""
+    if isinstance(value, bool):
+        return int(value)
+    if isinstance(value, int) and value in (0, 1):
+        return bool(value)
+    if isinstance(value, int) and abs(value) < 2**53:
+        return float(value)
+    if isinstance(value, dict):
+        return {k: _mixed(v) for k, v in reversed(list(value.items()))}
+    if isinstance(value, list):
+        return [_mixed(v) for v in value]
+    return value
+
+
+@given(JSON, JSON, rule_sets(), st.booleans())
+@FUZZ
+def test_the_shortcut_for_equal_documents_finds_what_the_walk_finds(old, other, rules, mixed):
+    """Two documents that serialise alike skip the walk (_diff_docs): that must never hide a
+    difference the walk reports, however alike the two look to Python's ==."""
+    new = _mixed(old) if mixed else other
+    found: list[Any] = []
+    walked: list[Any] = []
+    compare_module._diff_docs(old, new, rules, found)
+    compare_module._walk(old, new, [], rules.diff_trie, walked, 0)
+    assert found == walked
