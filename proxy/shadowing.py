@@ -444,8 +444,8 @@ class _Exchange:
         control = self.control
         sh.dispatcher.primary_took(read.secondary.name, control.latency_ms / 1000)
         gate = sh.gate
-        if gate is not None:  # the comparison and the record, after the client requests
-            await gate.turn()
+        if gate is not None and not gate.at_once():  # the comparison and the record wait
+            await gate.wait()  # for a pass of the loop without client requests
         if control.observation is None or candidate.observation is None:
             sh.stats.count(self.cell, "error")
             self._record(control, candidate, None)

@@ -51,10 +51,12 @@ class Upstream:
     headers: tuple[tuple[str, str], ...]
     pool: int
     mirror: MirrorLimits
+    #: "old-crm": the key of its mirror lane and metrics; made once here, as it is asked for
+    #: several times on every shadowed read
+    name: str = field(init=False)
 
-    @property
-    def name(self) -> str:
-        return f"{self.side}-{self.api}"
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "name", f"{self.side}-{self.api}")
 
 
 @dataclass(frozen=True, slots=True)
