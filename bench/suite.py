@@ -143,7 +143,6 @@ class Env:
     new_port: int
     helpers: dict[int, int] = field(default_factory=dict)  # our other busy pids -> their core
     retry_budget: int = 0  # repeats left in the current case
-    steal_repeats: int = 0  # runs of the current rounds measured again for steal
 
 
 # --- cutover -------------------------------------------------------------------------------
@@ -608,13 +607,17 @@ def warm_up(env: Env, target: Target) -> None:
 THROUGHPUT_CASES = ("nginx", "nginx-mirror", "cutover-pass", "cutover-shadow")
 
 
-def in_turns(env: Env, names: tuple[str, ...], rate: float, rounds: int) -> dict[str, list[Run]]:
+def in_turns(
+    env: Env, names: tuple[str, ...], rate: float, rounds: int
+) -> tuple[dict[str, list[Run]], int]:
     """Start `names` side by side (each on its own cores, as alone) and load them in turns,
     `rounds` times over, each one only once the others have gone idle: a slow spell of the host
     then moves every case of a round, where one case after the other would put it on one of
-    them. rate 0: saturation. A run with over STEAL_RETRY_ABOVE steal is measured again."""
+    them. rate 0: saturation. A run with over STEAL_RETRY_ABOVE steal is measured again (the
+    second value returned counts those repeats)."""
     opts = env.opts
     runs: dict[str, list[Run]] = {name: [] for name in names}
+    repeats = 0
     with contextlib.ExitStack() as stack:
         targets = {name: stack.enter_context(case_target(env, name)) for name in names}
         for target in targets.values():
@@ -629,7 +632,7 @@ def in_turns(env: Env, names: tuple[str, ...], rate: float, rounds: int) -> dict
                     if run.steal <= STEAL_RETRY_ABOVE:
                         break
                     print(f"   ({name}: {run.steal:.1%} steal: measuring again)", flush=True)
-                    env.steal_repeats += 1
+                    repeats += 1
                     settle(target.sut_pid)
                     again = measure(env, target, seconds=opts.seconds, rate=rate)
                     run = again if again.steal < run.steal else run
@@ -638,7 +641,7 @@ def in_turns(env: Env, names: tuple[str, ...], rate: float, rounds: int) -> dict
                     f"   round {round_ + 1} {name:<20} {fmt_rate_run(run)}  steal {run.steal:.1%}",
                     flush=True,
                 )
-    return runs
+    return runs, repeats
 
 
 def throughput(env: Env) -> dict[str, Any]:
@@ -651,11 +654,10 @@ def throughput(env: Env) -> dict[str, Any]:
     (more work per request) measured faster than pass-through minutes before it."""
     rounds = env.opts.throughput_rounds
     print(f"\n== saturation, {', '.join(THROUGHPUT_CASES)} in turns, {rounds} rounds", flush=True)
-    env.steal_repeats = 0
-    runs = in_turns(env, THROUGHPUT_CASES, 0.0, rounds)
+    runs, repeats = in_turns(env, THROUGHPUT_CASES, 0.0, rounds)
     return {
         "rounds": rounds,
-        "steal_repeats": env.steal_repeats,
+        "steal_repeats": repeats,
         "median_rps": {
             name: statistics.median(r.requests_per_s for r in got) for name, got in runs.items()
         },
@@ -688,13 +690,12 @@ def isolation(env: Env, rate: int) -> dict[str, Any]:
         f"\n== p99 at {rate}/s, {', '.join(ISOLATION_CASES)} in turns, {opts.rounds} rounds",
         flush=True,
     )
-    env.steal_repeats = 0
-    runs = in_turns(env, ISOLATION_CASES, rate, opts.rounds)
+    runs, repeats = in_turns(env, ISOLATION_CASES, rate, opts.rounds)
     medians = {name: statistics.median(r.p99_ms or 0.0 for r in got) for name, got in runs.items()}
     return {
         "rate": rate,
         "rounds": opts.rounds,
-        "steal_repeats": env.steal_repeats,
+        "steal_repeats": repeats,
         "median_p99_ms": medians,
         "median_p50_ms": {
             name: statistics.median(r.p50_ms or 0.0 for r in got) for name, got in runs.items()

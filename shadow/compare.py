@@ -140,6 +140,15 @@ def _equal(left: Any, right: Any) -> bool:
     try:
         if left != right:
             return False
+    except (RecursionError, TypeError):
+        return False
+    return _same_text(left, right)
+
+
+def _same_text(left: Any, right: Any) -> bool:
+    """The same bytes sorted-serialised: equal as JSON; False too when orjson cannot say
+    (nested deeper than it goes, or not JSON)."""
+    try:
         return orjson.dumps(left, option=_SORTED) == orjson.dumps(right, option=_SORTED)
     except (RecursionError, TypeError, orjson.JSONEncodeError):
         return False
@@ -341,11 +350,8 @@ def _diff_docs(old_doc: Any, new_doc: Any, rules: CompareRules, found: list[_Fou
     """Most shadow reads match: two documents whose sorted serialisations are the same bytes
     are equal as JSON (under any tolerance or list key too), decided in C without Python's
     `==` over both first (_equal) or a walk; the walk finds what differs in the others."""
-    try:
-        if orjson.dumps(old_doc, option=_SORTED) == orjson.dumps(new_doc, option=_SORTED):
-            return
-    except (RecursionError, TypeError, orjson.JSONEncodeError):
-        pass  # deeper than orjson goes: the walk has its own limit
+    if _same_text(old_doc, new_doc):
+        return
     _walk(old_doc, new_doc, [], rules.diff_trie, found, 0)
 
 
