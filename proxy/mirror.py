@@ -284,9 +284,27 @@ class Lane:
         (~3 µs each: asyncio's registry of tasks, the supervisor's done callback). A lane has at
         most as many as it ever ran jobs and follow-ups at once; they end when it retires."""
         loop = asyncio.get_running_loop()
+        supervisor = self._supervisor
         while job is not None:
-            await self._run(job)
-            if self._retired or self._supervisor.closing:
+            # one job, inline rather than in a coroutine of its own: each level of coroutine
+            # is resumed again whenever the job's innermost await wakes
+            follow_up = None
+            started = time.monotonic()
+            try:
+                follow_up = await job()
+            except Exception:  # a secondary's failure must never surface anywhere but here
+                log.exception("mirror_job_failed", upstream=self.name)
+            finally:
+                self.in_flight -= 1
+                self._finished(time.monotonic() - started)
+                if not supervisor.closing:
+                    self._kick()
+            if follow_up is not None:
+                try:
+                    await follow_up()
+                except Exception:
+                    log.exception("mirror_follow_up_failed", upstream=self.name)
+            if self._retired or supervisor.closing:
                 return
             waiter: asyncio.Future[Job | None] = loop.create_future()
             self._idle.append(waiter)
@@ -299,24 +317,6 @@ class Lane:
         for waiter in idle:
             if not waiter.done():
                 waiter.set_result(None)
-
-    async def _run(self, job: Job) -> None:
-        follow_up = None
-        started = time.monotonic()
-        try:
-            follow_up = await job()
-        except Exception:  # a secondary's failure must never surface anywhere but here
-            log.exception("mirror_job_failed", upstream=self.name)
-        finally:
-            self.in_flight -= 1
-            self._finished(time.monotonic() - started)
-            if not self._supervisor.closing:
-                self._kick()
-        if follow_up is not None:
-            try:
-                await follow_up()
-            except Exception:
-                log.exception("mirror_follow_up_failed", upstream=self.name)
 
     def _finished(self, seconds: float) -> None:
         """Learn how long a job holds its slot; the queue holds what can start within max_wait.

@@ -88,7 +88,7 @@ def _is_json(content_type: str | None) -> bool:
 async def _read_answer(answer: Answer, limit: int) -> tuple[bytes, bool]:
     """Up to `limit` bytes of an answer; True when that was all of it."""
     if answer.complete:
-        return await answer.read(), True
+        return answer.take(), True
     parts: list[bytes] = []
     size = 0
     async for chunk in answer.chunks():

@@ -369,7 +369,7 @@ class Shadowing:
             # whole body by twice that, checked between chunks
             async with self.clients.request(upstream, "secondary", method, target, headers) as r:
                 if r.complete:  # the usual case: the answer came in one read
-                    capture.feed(await r.read())
+                    capture.feed(r.take())
                 else:
                     await _tee(r, capture, upstream, started + upstream.timeout * 2)
                 observation = capture.observation(r.status, r.headers)

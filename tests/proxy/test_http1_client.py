@@ -274,6 +274,45 @@ async def test_head_answers_end_at_the_head_and_the_connection_is_reused(platfor
     assert plat.connections == 1
 
 
+async def test_answers_of_every_framing_follow_each_other_on_one_connection(platform):
+    """The connection's parser is kept from one answer to the next; after each kind of
+    ending (chunked, a length, no body, a HEAD, a 1xx first) the next answer reads whole."""
+    answers = [
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\none\r\n0\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\ntwo",
+        b"HTTP/1.1 204 No Content\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n",  # the answer to a HEAD
+        b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nfive",
+        b"HTTP/1.1 304 Not Modified\r\nContent-Length: 9\r\n\r\n",
+        b"HTTP/1.1 201 Created\r\nContent-Length: 5\r\n\r\nsixth",
+    ]
+
+    async def in_order(reader, writer, plat):
+        for answer in answers:
+            await plat.read_request(reader)
+            writer.write(answer)
+            await writer.drain()
+        await keep_alive(reader, writer, plat)
+
+    plat = await platform(in_order)
+    pool = pool_for(plat, limit=1)
+    seen = []
+    for method in ("GET", "GET", "DELETE", "HEAD", "GET", "GET", "POST", "GET"):
+        async with pool.request(method, "/x", CIMultiDict()) as answer:
+            seen.append((answer.status, await answer.read()))
+    assert seen == [
+        (200, b"one"),
+        (200, b"two"),
+        (204, b""),
+        (200, b""),
+        (200, b"five"),
+        (304, b""),
+        (201, b"sixth"),
+        (200, b"hello"),
+    ]
+    assert plat.connections == 1
+
+
 async def test_informational_answers_are_skipped(platform):
     async def continue_first(reader, writer, plat):
         await plat.read_request(reader)
