@@ -60,7 +60,7 @@ PACE_MARGIN = 0.9
 PACE_CATCH_UP = 0.002
 #: slots a slow secondary keeps whatever its pace, so that QA still gets a sample (slow_limit)
 SLOW_FLOOR = 4
-#: how often the rate of shadow reads offered to a lane is taken (seconds; see Lane._adapt)
+#: how often the rate of shadow reads offered to a lane is taken (seconds; see Lane._finished)
 OFFERED_WINDOW = 1.0
 
 
@@ -103,7 +103,7 @@ class Breaker:
         return self.failures >= BREAKER_THRESHOLD
 
     def allow(self, now: float) -> bool:
-        if not self.is_open:
+        if self.failures < BREAKER_THRESHOLD:  # closed (is_open, inline: once per mirror)
             return True
         if now < self.open_until:
             return False
@@ -220,7 +220,7 @@ class Lane:
         if now - self._offers_since >= OFFERED_WINDOW:
             self._count_offers(now)
         breaker = self.breaker
-        if breaker.is_open and now < breaker.open_until:
+        if breaker.failures >= BREAKER_THRESHOLD and now < breaker.open_until:
             return self._drop("circuit_open")
         if self.in_flight >= self.limit and len(self._waiting) >= self._room:
             return self._drop(self._full())
@@ -244,7 +244,8 @@ class Lane:
     def report(self, reachable: bool) -> None:
         """What a job saw of the upstream: an answer (any status), or none at all."""
         if reachable:
-            if self.breaker.succeeded():
+            # no failure since the last answer: nothing to reset (the usual case)
+            if self.breaker.failures and self.breaker.succeeded():
                 log.info("mirror_circuit_closed", upstream=self.name)
         elif self.breaker.failed(time.monotonic()):
             log.warning(
@@ -327,18 +328,16 @@ class Lane:
         away before a job is built."""
         self._slot_s = seconds if self._slot_s is None else self._slot_s * 0.9 + seconds * 0.1
         limits = self.limits
-        self.limit = self._adapt(self._slot_s)
-        fits = ROOM_MARGIN * self.limit * limits.max_wait / max(self._slot_s, 1e-6)
-        self._room = min(limits.queue, int(fits))
-        self._pace = PACE_MARGIN * self._slot_s / self.limit
-
-    def _adapt(self, slot_s: float) -> int:
-        """Slots in force (see `slow_limit`), from the rate of shadow reads offered lately."""
+        # slots in force (see `slow_limit`), from the rate of shadow reads offered lately
         offered = self._offered
         if not offered:  # the first window has not closed yet
             offered = self._offers / max(time.monotonic() - self._offers_since, 0.1)
-        limits = self.limits
-        return slow_limit(limits.concurrency, limits.slow_ratio, offered, self._primary_s, slot_s)
+        self.limit = slow_limit(
+            limits.concurrency, limits.slow_ratio, offered, self._primary_s, self._slot_s
+        )
+        fits = ROOM_MARGIN * self.limit * limits.max_wait / max(self._slot_s, 1e-6)
+        self._room = min(limits.queue, int(fits))
+        self._pace = PACE_MARGIN * self._slot_s / self.limit
 
     def _kick(self) -> None:
         """Start the oldest waiting job that is still fresh, once a slot is free and the pace

@@ -78,9 +78,8 @@ class UpstreamClients:
         within the upstream's timeout and so must every chunk of the body after it; waiting
         for a pooled connection and connecting are bounded too. The body is read by the caller
         inside the block."""
-        return self._pools[(upstream.side, upstream.api, role)][1].request(
-            method, target, headers, data, length
-        )
+        pool = self._pools[(upstream.side, upstream.api, role)][1]
+        return Exchange(pool, method, target, headers, data, length)
 
     def _sweep(self) -> None:
         now = time.monotonic()

@@ -261,8 +261,9 @@ def prepare(doc: Any, rules: CompareRules) -> Any:
     The caller owns `doc` (compare parses its own copies); records first, so a rule on the
     body sees records that are already normalized.
     """
-    if not rules.edits_documents:
+    if not (rules.ignore or rules.normalize):  # edits_documents, inline: twice per comparison
         return doc
-    for items, index in record_slots(doc, rules):
-        items[index] = _apply(items[index], rules)
+    if rules.contract is not None or isinstance(doc, list):  # else it has no records to find
+        for items, index in record_slots(doc, rules):
+            items[index] = _apply(items[index], rules)
     return _apply(doc, rules)

@@ -26,7 +26,7 @@ def head_bytes(start_line: str, headers: Iterable[tuple[str, str]], extra: str =
     Every value crossed a trust boundary (a client, a platform, a translation), so a CR, LF or
     NUL anywhere is refused rather than written: it would let a value start a header of its own.
     """
-    pairs = [f"{name}: {value}" for name, value in headers]
+    pairs = list(map(": ".join, headers))  # in C: no Python frame per message for it
     fields = "\n".join(pairs)
     # one scan each, in C, for all of them: a line break or NUL inside any name or value
     if "\r" in fields or "\x00" in fields or fields.count("\n") != max(len(pairs) - 1, 0):

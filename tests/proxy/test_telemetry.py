@@ -86,3 +86,27 @@ def test_labels_are_bounded_by_the_table():
         ("other", "other", "other", "new", "5xx"),
         ("other", "other", "other", "none", "4xx"),
     }
+
+
+def test_a_new_table_relabels_names_seen_before():
+    """Cells are remembered by the names a request gives; a reload that adds a cohort must
+    not leave its requests counted as "other"."""
+    before = base_doc()
+    telemetry = Telemetry(load(before))
+    telemetry.request("contacts", "chat", "vip", "old", 200, 0.01)
+    after = base_doc()
+    after["cohorts"] = [{"name": "vip", "customers": ["C-9"]}, *after["cohorts"]]
+    telemetry.retable(load(after))
+    telemetry.request("contacts", "chat", "vip", "old", 200, 0.01)
+    telemetry.compared("contacts", "chat", "vip", "match", secondary=("new", 0.02))
+    assert telemetry.requests[("contacts", "chat", "other", "old", "2xx")] == 1
+    assert telemetry.requests[("contacts", "chat", "vip", "old", "2xx")] == 1
+    assert telemetry.figures(("contacts", "chat", "vip"), 60).compared == 1
+
+
+def test_names_a_table_does_not_know_are_remembered_within_a_bound():
+    telemetry = Telemetry(load(base_doc()))
+    for n in range(3000):
+        telemetry.request("contacts", f"channel-{n}", "pilot", "new", 200, 0.01)
+    assert len(telemetry._cells) <= 1024
+    assert telemetry.requests[("contacts", "other", "pilot", "new", "2xx")] == 3000
