@@ -58,8 +58,17 @@ def connection_named(headers: Mapping[str, str]) -> frozenset[str]:
     """Header names listed in Connection (lower-case): hop-by-hop for this message only."""
     value = headers.get("Connection")
     if not value:
-        return frozenset()
-    return frozenset(part.strip().lower() for part in value.split(",") if part.strip())
+        return _NO_NAMES
+    named = _CONNECTION_NAMED.get(value)  # nearly always "keep-alive" or "close"
+    if named is None:
+        named = frozenset(part.strip().lower() for part in value.split(",") if part.strip())
+        if len(_CONNECTION_NAMED) < 64:  # a peer's own values are not remembered past a few
+            _CONNECTION_NAMED[value] = named
+    return named
+
+
+_NO_NAMES: frozenset[str] = frozenset()
+_CONNECTION_NAMED: dict[str, frozenset[str]] = {}
 
 
 class RequestIds:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import random
 import time
+from collections.abc import Coroutine
 from typing import Any
 
 import orjson
@@ -360,15 +361,16 @@ class Proxy:
             Capture(route.rules.max_body),
         )
 
-    async def _send_copy(
+    def _send_copy(
         self,
         shadow: ShadowRead,
         request: Request,
         named: frozenset[str],
         trusted: Forwarded | None,
-    ) -> None:
+    ) -> Coroutine[Any, Any, bool]:
         """After the client's answer: the copy, with what it needs of the client's request
-        (copied now, not before the primary was asked, and while the request is at hand)."""
+        (copied now, not before the primary was asked, and while the request is at hand).
+        The caller awaits Shadowing.start's coroutine itself: no coroutine of this one's."""
         assert self.shadowing is not None, "a ShadowRead comes from _shadow_read"
         headers = request.headers
         client = ClientHeaders(
@@ -379,7 +381,7 @@ class Proxy:
             host=headers.get("Host"),
             trusted=trusted,
         )
-        await self.shadowing.start(shadow, client)
+        return self.shadowing.start(shadow, client)
 
     async def _request_body(
         self,

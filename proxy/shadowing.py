@@ -327,31 +327,28 @@ class Shadowing:
         """Once the client has the primary's answer (`read.control`): submit the secondary read;
         False when it was dropped (counted). Never raises: the client has its answer, and what
         goes wrong with the copy is the copy's (logged, counted as an error)."""
+        cell = cell_of(read.decision)
         try:
-            return await self._start(read, client)
+            route = read.decision.route
+            control = read.control
+            assert control is not None, "a shadow read starts once the primary has answered"
+            translator = self.translator
+            path, query, resolved = read.path, read.query, read.resolved
+            side = read.secondary.side
+            if translator.looks_up_query(route, query):
+                target = await translator.path_on(route, side, path, query, resolved)
+            else:
+                target = translator.path_now(route, side, path, query, resolved)
+            if target is None:
+                self.stats.dropped(cell, "one_sided_record")  # nothing to compare it with
+                return False
+            exchange = _Exchange(self, read, client, cell, control, target)
+            secondary = read.secondary
+            reason = self.dispatcher.submit(secondary.name, secondary.mirror, exchange.run)
         except Exception:
             log.exception("shadow_start_failed", request_id=read.request_id)
-            self.stats.count(cell_of(read.decision), "error")
+            self.stats.count(cell, "error")
             return False
-
-    async def _start(self, read: ShadowRead, client: ClientHeaders) -> bool:
-        route = read.decision.route
-        cell = cell_of(read.decision)
-        control = read.control
-        assert control is not None, "a shadow read starts once the primary has answered"
-        translator = self.translator
-        path, query, resolved = read.path, read.query, read.resolved
-        side = read.secondary.side
-        if translator.looks_up_query(route, query):
-            target = await translator.path_on(route, side, path, query, resolved)
-        else:
-            target = translator.path_now(route, side, path, query, resolved)
-        if target is None:
-            self.stats.dropped(cell, "one_sided_record")  # nothing to compare it with
-            return False
-        exchange = _Exchange(self, read, client, cell, control, target)
-        secondary = read.secondary
-        reason = self.dispatcher.submit(secondary.name, secondary.mirror, exchange.run)
         if reason is not None:
             self.stats.dropped(cell, reason)
             return False
@@ -395,6 +392,19 @@ class Shadowing:
         translated = replace(new, body=body, body_sha256="", body_size=len(body))
         return translated, True
 
+    def compare_now(
+        self,
+        old: Observation,
+        new: Observation,
+        rules: CompareRules,
+        route: str,
+        *,
+        translated: bool = False,
+    ) -> Comparison:
+        """On the loop: for bodies up to COMPARE_OFF_LOOP (`compare` decides)."""
+        noise = self._learners[route].snapshot() if route in self._learners else None
+        return compare(old, new, rules, noise=noise, new_is_translated=translated)
+
     async def compare(
         self,
         old: Observation,
@@ -404,9 +414,9 @@ class Shadowing:
         *,
         translated: bool = False,
     ) -> Comparison:
-        noise = self._learners[route].snapshot() if route in self._learners else None
         if max(old.body_size, new.body_size) <= COMPARE_OFF_LOOP:
-            return compare(old, new, rules, noise=noise, new_is_translated=translated)
+            return self.compare_now(old, new, rules, route, translated=translated)
+        noise = self._learners[route].snapshot() if route in self._learners else None
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(
             self._executor,
@@ -453,10 +463,20 @@ class _Exchange:
         old, new = self._oriented(control, candidate)
         assert old.observation is not None
         assert new.observation is not None
-        new_obs, translated = await sh.in_old_terms(route, new.observation)
-        comparison = await sh.compare(
-            old.observation, new_obs, route.rules, route.name, translated=translated
-        )
+        # no coroutine for what needs none: no id map to translate through, a body small
+        # enough to compare on the loop (two coroutines fewer per comparison)
+        if route.ids is None:
+            new_obs, translated = new.observation, False
+        else:
+            new_obs, translated = await sh.in_old_terms(route, new.observation)
+        if max(old.observation.body_size, new_obs.body_size) <= COMPARE_OFF_LOOP:
+            comparison = sh.compare_now(
+                old.observation, new_obs, route.rules, route.name, translated=translated
+            )
+        else:
+            comparison = await sh.compare(
+                old.observation, new_obs, route.rules, route.name, translated=translated
+            )
         result: Outcome = "match" if comparison.match else "mismatch"
         sh.stats.count(self.cell, result, noisy=bool(comparison.noise))
         if sh.telemetry is not None:

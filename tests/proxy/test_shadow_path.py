@@ -57,6 +57,18 @@ async def get(running: Running, path: str, **headers: str) -> aiohttp.ClientResp
         return response
 
 
+async def serve_apps(*apps: web.Application) -> tuple[list[web.AppRunner], list[int]]:
+    """Each app on a port of its own (the tests' small platforms): their runners and ports."""
+    runners, ports = [], []
+    for app in apps:
+        runner = web.AppRunner(app)
+        await runner.setup()
+        await web.TCPSite(runner, "127.0.0.1", 0).start()
+        runners.append(runner)
+        ports.append(runner.addresses[0][1])
+    return runners, ports
+
+
 def stats(running: Running) -> dict[str, Any]:
     assert running.proxy.shadowing is not None
     return running.proxy.shadowing.stats.snapshot()["routes"]  # type: ignore[return-value]
@@ -344,14 +356,7 @@ async def test_noise_probe_learns_fields_that_differ_between_two_answers_of_one_
         app.router.add_get("/api/contacts", handler)
         return app
 
-    runners = []
-    ports = []
-    for side, name in (("old", "Ada"), ("new", "Ada L.")):
-        runner = web.AppRunner(platform(side, name))
-        await runner.setup()
-        await web.TCPSite(runner, "127.0.0.1", 0).start()
-        runners.append(runner)
-        ports.append(runner.addresses[0][1])
+    runners, ports = await serve_apps(platform("old", "Ada"), platform("new", "Ada L."))
     doc = base_doc(f"http://127.0.0.1:{ports[0]}", f"http://127.0.0.1:{ports[1]}")
     doc["routes"][0].update(shadow_percent=100, compare={"noise_probe_percent": 100})
     sink = Sink()
@@ -373,6 +378,52 @@ async def test_noise_probe_learns_fields_that_differ_between_two_answers_of_one_
     assert [d["path"] for d in last["differences"]] == ["$.name"]
     assert [d["path"] for d in last["noise"]] == ["$.served"]
     assert shadowing.noise_report()["contacts"]["$.served"] >= 1
+
+
+async def test_large_answers_are_compared_off_the_loop_and_small_ones_on_it(monkeypatch):
+    """Over COMPARE_OFF_LOOP a comparison runs in the worker thread (the loop keeps serving);
+    under it, on the loop without a coroutine. Both find the one field that differs."""
+    import threading
+
+    import shadow.compare
+    from proxy.shadowing import COMPARE_OFF_LOOP
+
+    threads: list[str] = []
+    real_compare = shadow.compare.compare
+
+    def spy(*args: Any, **kwargs: Any) -> Any:
+        threads.append(threading.current_thread().name)
+        return real_compare(*args, **kwargs)
+
+    monkeypatch.setattr("proxy.shadowing.compare", spy)
+    filler = "x" * (COMPARE_OFF_LOOP + 1000)
+
+    def platform(tier: str) -> web.Application:
+        async def handler(request: web.Request) -> web.Response:
+            big = request.query.get("size") == "big"
+            return web.json_response({"tier": tier, "notes": filler if big else "short"})
+
+        app = web.Application()
+        app.router.add_get("/api/contacts", handler)
+        return app
+
+    runners, ports = await serve_apps(platform("gold"), platform("silver"))
+    doc = base_doc(f"http://127.0.0.1:{ports[0]}", f"http://127.0.0.1:{ports[1]}")
+    doc["routes"][0].update(shadow_percent=100, compare={"max_body": "1MB"})
+    sink = Sink()
+    running = await start(parse_config(dump(doc), env={}), sink=sink)
+    try:
+        await get(running, "/api/contacts?size=big", **{"X-Customer-Id": "C-1"})
+        await wait_for(lambda: len(sink) == 1, what="the large comparison")
+        await get(running, "/api/contacts?size=small", **{"X-Customer-Id": "C-1"})
+        await wait_for(lambda: len(sink) == 2, what="the small comparison")
+    finally:
+        await running.stop()
+        for runner in runners:
+            await runner.cleanup()
+    assert [[d["path"] for d in r["differences"]] for r in sink] == [["$.tier"], ["$.tier"]]
+    assert threads[0].startswith("cutover-compare")
+    assert threads[1] == threading.main_thread().name
 
 
 async def test_a_down_secondary_is_skipped_until_it_answers_again(sims: Simulators, demo):
