@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import random
 import time
 from collections import Counter, deque
 from collections.abc import Awaitable, Callable
@@ -62,6 +63,9 @@ PACE_CATCH_UP = 0.002
 SLOW_FLOOR = 4
 #: how often the rate of shadow reads offered to a lane is taken (seconds; see Lane._finished)
 OFFERED_WINDOW = 1.0
+#: a slow secondary is offered this x the reads its slots can take, by coin (Lane._by_coin);
+#: the queue takes up what chance sends above that
+ADMIT_MARGIN = 1.1
 
 
 @dataclass(slots=True)
@@ -185,6 +189,7 @@ class Lane:
         self.dropped: Counter[str] = Counter()
         self._idle: list[asyncio.Future[Job | None]] = []  # workers waiting for a job (_work)
         self._retired = False
+        self._coin = random.Random().random  # noqa: S311 - a sample of traffic, not a secret
 
     @property
     def queued(self) -> int:
@@ -222,9 +227,28 @@ class Lane:
         breaker = self.breaker
         if breaker.failures >= BREAKER_THRESHOLD and now < breaker.open_until:
             return self._drop("circuit_open")
+        if self.limit < self.limits.concurrency and self._by_coin():
+            return self._drop("slow_secondary")
         if self.in_flight >= self.limit and len(self._waiting) >= self._room:
             return self._drop(self._full())
         return None
+
+    def _by_coin(self) -> bool:
+        """A slow secondary's share of the reads, each turned away by a coin (True) at the
+        rate its slots can take them (ADMIT_MARGIN x slots / slot time / reads offered).
+
+        Admitting the first read to find a free slot or a free place in the queue picked the
+        reads that had waited behind a comparison: a place frees when a job ends, its
+        comparison runs next, and the read that comes in meanwhile waits for it and then takes
+        the place. Those ~1 % of reads were the slowest ~1 % of the traffic, which put the
+        primary's p99 at 1 000/s up by half (bench/README.md), and QA's sample was biased
+        toward reads that came after a busy moment. By coin, the compared reads are a uniform
+        sample of the traffic."""
+        slot_s, offered = self._slot_s, self._offered
+        if not slot_s or not offered:
+            return False
+        share = ADMIT_MARGIN * self.limit / (slot_s * offered)
+        return share < 1.0 and self._coin() >= share
 
     def primary_took(self, seconds: float) -> None:
         """How long the primary took for a read this lane shadowed (the yardstick of slow_limit)."""

@@ -427,3 +427,23 @@ async def test_a_lane_whose_secondary_is_far_slower_than_the_primary_gives_up_sl
 
     await wait_for(recovered, interval=0, what="the slots to come back")
     assert await dispatcher.drain(timeout=5) == 0
+
+
+async def test_a_slow_lane_takes_a_share_of_the_reads_by_coin_not_whoever_finds_a_free_slot(
+    monkeypatch: pytest.MonkeyPatch,
+):
+    """With slots free, a slow lane still turns away all but its share: a uniform sample at the
+    rate its slots can take (1.1 x 4 slots / 0.5 s = 8.8 reads/s of 1 000 offered), rather than
+    whichever read comes first after a slot frees (one that had waited behind a comparison)."""
+    monkeypatch.setattr("proxy.mirror.OFFERED_WINDOW", 3600.0)  # keep the rate set below
+    dispatcher = MirrorDispatcher()
+    limits = MirrorLimits(concurrency=32, queue=100, rate=0, slow_ratio=4)
+    lane = dispatcher.lane("new-crm", limits)
+    lane.limit, lane._slot_s, lane._offered = SLOW_FLOOR, 0.5, 1000.0
+    reasons = [lane.turn_away(closing=False) for _ in range(20_000)]
+    admitted = reasons.count(None)
+    assert set(reasons) == {None, "slow_secondary"}
+    assert 0.0088 * 20_000 * 0.6 < admitted < 0.0088 * 20_000 * 1.4
+    assert lane.in_flight == 0, "every one of them found a free slot"
+    lane.limit = limits.concurrency  # a healthy lane: no coin
+    assert all(lane.turn_away(closing=False) is None for _ in range(1_000))
