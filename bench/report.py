@@ -234,8 +234,8 @@ def rounds_notes(isolation: dict[str, Any]) -> list[str]:
         medians = isolation["median_p99_ms"]
         a, b = medians["cutover-pass-again"], medians["cutover-pass"]
         notes.append(
-            f"- rounds: `cutover-pass` started twice (`cutover-pass-again`, measured last in "
-            f"each round): median p99 {_ms(a)} vs {_ms(b)} ms ({a / b - 1:+.0%}; "
+            f"- rounds: `cutover-pass` started twice (`cutover-pass-again`; the order of the "
+            f"cases rotates from round to round): median p99 {_ms(a)} vs {_ms(b)} ms ({a / b - 1:+.0%}; "
             f"{_paired(isolation, 'cutover-pass-again')}); runs {_p99s(isolation, 'cutover-pass-again')}"
             ": a difference of this size between two identical cases is the rounds' resolution"
         )

@@ -613,8 +613,9 @@ def in_turns(
     """Start `names` side by side (each on its own cores, as alone) and load them in turns,
     `rounds` times over, each one only once the others have gone idle: a slow spell of the host
     then moves every case of a round, where one case after the other would put it on one of
-    them. rate 0: saturation. A run with over STEAL_RETRY_ABOVE steal is measured again (the
-    second value returned counts those repeats)."""
+    them; the order rotates from round to round. rate 0: saturation. A run with over
+    STEAL_RETRY_ABOVE steal is measured again (the second value returned counts those
+    repeats)."""
     opts = env.opts
     runs: dict[str, list[Run]] = {name: [] for name in names}
     repeats = 0
@@ -622,9 +623,15 @@ def in_turns(
         targets = {name: stack.enter_context(case_target(env, name)) for name in names}
         for target in targets.values():
             warm_up(env, target)
+        order = list(targets.items())
         for round_ in range(rounds):
             wait_quiet(env)
-            for name, target in targets.items():
+            # each round starts one case further on: a case measured late in every round had
+            # been slower by 13-22 % than the same case measured early (cutover-pass-again
+            # against cutover-pass, three runs on 2026-12-07), which put the later cases at a
+            # disadvantage; rotated, every case takes every place equally often
+            shift = round_ % len(order)
+            for name, target in order[shift:] + order[:shift]:
                 for other in targets.values():  # only the one measured is busy
                     settle(other.sut_pid)
                 run = measure(env, target, seconds=opts.seconds, rate=rate)
@@ -665,7 +672,7 @@ def throughput(env: Env) -> dict[str, Any]:
     }
 
 
-#: cutover-pass-again is cutover-pass started a second time, measured last in each round: how far
+#: cutover-pass-again is cutover-pass started a second time (the order rotates by round): how far
 #: two identical cases differ is the resolution the rounds give the targets (bench/README.md)
 ISOLATION_CASES = (
     "direct",
