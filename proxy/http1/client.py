@@ -500,15 +500,20 @@ class Pool:
         """A warm idle connection, taken at once (busy from now on); None when there is none
         and the caller must `await acquire()`. No coroutine on the usual path: two of them
         (acquire, _acquire) per upstream request were ~1 % of a shadow read."""
-        idle = self.idle
-        if not idle:
-            return None
+        conn = self._warm() if self.idle else None
+        if conn is not None:
+            self._busy(conn)
+        return conn
+
+    def _warm(self) -> _Conn | None:
+        """The warmest idle connection still fit for reuse; the stale ones met on the way are
+        discarded."""
         now = time.monotonic()
+        idle = self.idle
         while idle:
             conn = idle.pop()
             if not conn.closed and now - conn.idle_since < self.keepalive:
                 conn.reused = True
-                self._busy(conn)
                 return conn
             self._discard(conn)
         return None
@@ -533,14 +538,9 @@ class Pool:
         )
 
     async def _acquire(self) -> _Conn:
-        now = time.monotonic()
-        idle = self.idle
-        while idle:
-            conn = idle.pop()
-            if not conn.closed and now - conn.idle_since < self.keepalive:
-                conn.reused = True
-                return conn
-            self._discard(conn)
+        conn = self._warm()
+        if conn is not None:
+            return conn
         if self.open < self.limit:
             self.open += 1
             return await self._connect()
