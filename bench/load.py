@@ -11,14 +11,18 @@ rate fell short, instead of reporting its latency as if it were true.
 
 Latency is wrk's own per-request figure (from the moment the request is written to the moment
 its answer is complete, to the microsecond), read from wrk's histogram in `done()` so that
-p99.9 is available (wrk's `--latency` prints only up to p99).
+p99.9 is available (wrk's `--latency` prints only up to p99). `done()` also prints the histogram
+itself (its non-empty microsecond buckets), so that runs of one case can be pooled: the p99 of all
+the requests of 15 rounds, rather than a median of 15 p99s each decided by ~50 requests.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import re
 import subprocess
+from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -68,6 +72,7 @@ class Run:
     sut_on_load_core: bool = False  # the direct case: core 0 is not used at all
     steal: float = 0.0  # fraction of the SUT's core the hypervisor took during this run
     counters: dict[str, int] = field(default_factory=dict)  # cutover's metrics over this run
+    histogram: dict[int, int] = field(default_factory=dict)  # latency in µs -> requests
 
     @property
     def sustained(self) -> bool:
@@ -221,6 +226,26 @@ function done(summary, latency, requests)
     summary.requests, summary.duration, e.connect, e.read, e.write, e.status, e.timeout,
     pct(50), pct(90), pct(99), pct(99.9), summary.requests > 0 and latency.max or -1, mean,
     s, l, m))
+  -- the histogram, as "µs:count" pairs. Debian's wrk 4.1 does not index its buckets from Lua
+  -- (latency[i] gives i back), but percentile() ranks: p = (k - 0.5) / n x 100 is the k-th
+  -- fastest request exactly (rank = round(p / 100 x n + 0.5) = k), so every rank in turn gives
+  -- the whole histogram, run-length coded. Fixed rates only: a saturation run has 100 000s.
+  local hist = {}
+  local n = summary.requests
+  if RATE ~= nil and RATE > 0 and n > 0 then
+    local last, count = -1, 0
+    for k = 1, n do
+      local v = latency:percentile((k - 0.5) / n * 100)
+      if v == last then
+        count = count + 1
+      else
+        if count > 0 then hist[#hist + 1] = string.format("%d:%d", last, count) end
+        last, count = v, 1
+      end
+    end
+    hist[#hist + 1] = string.format("%d:%d", last, count)
+  end
+  io.write("BENCH-HIST ", table.concat(hist, " "), "\\n")
 end
 """
     )
@@ -263,6 +288,8 @@ def run_wrk(
             f"{done.stdout[-1500:]}\n{done.stderr[-1500:]}"
         )
     data = json.loads(match.group(1))
+    found = re.search(r"^BENCH-HIST ?(.*)$", done.stdout, re.M)
+    histogram = parse_histogram(found.group(1)) if found else {}
     duration = data["duration_us"] / 1e6
     detail = {k: int(data[k]) for k in ("status", "connect", "read", "write", "timeout")}
 
@@ -286,4 +313,39 @@ def run_wrk(
         mean_ms=ms("mean_us"),
         late_fraction=data["late"] / data["sent"] if data["sent"] else 0.0,
         max_lag_ms=float(data["max_lag_ms"]),
+        histogram=histogram,
     )
+
+
+def parse_histogram(text: str) -> dict[int, int]:
+    """`done()`'s "µs:count µs:count ..." as a histogram."""
+    out: dict[int, int] = {}
+    for pair in text.split():
+        value, _, count = pair.partition(":")
+        out[int(value)] = out.get(int(value), 0) + int(count)
+    return out
+
+
+def pooled(histograms: Iterable[Mapping[int, int]]) -> dict[int, int]:
+    """Several runs' histograms as one: the requests of all of them."""
+    out: dict[int, int] = {}
+    for histogram in histograms:
+        for value, count in histogram.items():
+            out[value] = out.get(value, 0) + count
+    return out
+
+
+def percentile_ms(histogram: Mapping[int, int], q: float) -> float | None:
+    """The q-th percentile in ms, ranked as wrk ranks it (stats_percentile: the first value
+    whose running count reaches round(q / 100 x n + 0.5)), so that one run's pooled figure is
+    wrk's own; None for no requests."""
+    total = sum(histogram.values())
+    if total == 0:
+        return None
+    rank = min(total, max(1, math.floor(q / 100 * total + 0.5 + 0.5)))  # C: round(x + 0.5)
+    seen = 0
+    for value in sorted(histogram):
+        seen += histogram[value]
+        if seen >= rank:
+            return value / 1000
+    raise AssertionError("unreachable: rank <= total")

@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.common import CUTOVER_RUN, REPO, ensure_tool, free_port
-from bench.load import Request, Run, run_wrk
+from bench.load import Request, Run, percentile_ms, pooled, run_wrk
 from bench.procs import (
     BenchError,
     Proc,
@@ -686,8 +686,9 @@ ISOLATION_CASES = (
 def isolation(env: Env, rate: int) -> dict[str, Any]:
     """The latency targets, measured so that they can be compared: the upstream direct,
     pass-through, and shadow with the secondary slow and down, started side by side (cutover
-    on core 0) and loaded in turns at `rate`, `rounds` times over; each case's median p50 and
-    p99 is what the targets compare.
+    on core 0) and loaded in turns at `rate`, `rounds` times over; each case's p50 and p99
+    over the requests of all its rounds pooled is what the targets compare (the medians of the
+    runs are kept beside them).
 
     One 10 s run per case is not enough: on this kind of VM core 0 loses the CPU for a few ms
     now and then (nginx's own p99 at 1 000/s is ~1.2 ms there, against 0.1 ms for the upstream
@@ -699,6 +700,7 @@ def isolation(env: Env, rate: int) -> dict[str, Any]:
     )
     runs, repeats = in_turns(env, ISOLATION_CASES, rate, opts.rounds)
     medians = {name: statistics.median(r.p99_ms or 0.0 for r in got) for name, got in runs.items()}
+    every = {name: pooled(r.histogram for r in got) for name, got in runs.items()}
     return {
         "rate": rate,
         "rounds": opts.rounds,
@@ -707,6 +709,10 @@ def isolation(env: Env, rate: int) -> dict[str, Any]:
         "median_p50_ms": {
             name: statistics.median(r.p50_ms or 0.0 for r in got) for name, got in runs.items()
         },
+        # the targets' figures: each case's requests of all its rounds together (bench/README.md)
+        "pooled_p99_ms": {name: percentile_ms(h, 99) for name, h in every.items()},
+        "pooled_p50_ms": {name: percentile_ms(h, 50) for name, h in every.items()},
+        "pooled_requests": {name: sum(h.values()) for name, h in every.items()},
         "runs": {name: [r.as_dict() for r in got] for name, got in runs.items()},
     }
 
