@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.common import CUTOVER_RUN, REPO, ensure_tool, free_port
+from bench.haltpoll import describe, halt_polling
 from bench.load import Request, Run, percentile_ms, pooled, run_wrk
 from bench.procs import (
     BenchError,
@@ -96,6 +97,7 @@ class Options:
     quiet_wait: float
     rounds: int = 0  # the p99 targets' interleaved rounds (0: none)
     throughput_rounds: int = 0  # the throughput targets' interleaved rounds (0: none)
+    halt_poll_us: int | None = None  # the guest's halt polling for the run (bench/haltpoll.py)
 
 
 @dataclass
@@ -686,9 +688,9 @@ ISOLATION_CASES = (
 def isolation(env: Env, rate: int) -> dict[str, Any]:
     """The latency targets, measured so that they can be compared: the upstream direct,
     pass-through, and shadow with the secondary slow and down, started side by side (cutover
-    on core 0) and loaded in turns at `rate`, `rounds` times over; each case's p50 and p99
-    over the requests of all its rounds pooled is what the targets compare (the medians of the
-    runs are kept beside them).
+    on core 0) and loaded in turns at `rate`, `rounds` times over; each case's median p50 and
+    p99 is what the targets compare (the figures of all its rounds' requests pooled are kept
+    beside them).
 
     One 10 s run per case is not enough: on this kind of VM core 0 loses the CPU for a few ms
     now and then (nginx's own p99 at 1 000/s is ~1.2 ms there, against 0.1 ms for the upstream
@@ -709,7 +711,7 @@ def isolation(env: Env, rate: int) -> dict[str, Any]:
         "median_p50_ms": {
             name: statistics.median(r.p50_ms or 0.0 for r in got) for name, got in runs.items()
         },
-        # the targets' figures: each case's requests of all its rounds together (bench/README.md)
+        # beside the medians: each case's requests of all its rounds together (bench/README.md)
         "pooled_p99_ms": {name: percentile_ms(h, 99) for name, h in every.items()},
         "pooled_p50_ms": {name: percentile_ms(h, 50) for name, h in every.items()},
         "pooled_requests": {name: sum(h.values()) for name, h in every.items()},
@@ -837,6 +839,7 @@ def environment(nginx: str) -> dict[str, Any]:
         "git": rev + (" (with uncommitted changes)" if dirty not in ("", "?") else ""),
         "loadavg_at_start": Path("/proc/loadavg").read_text().split()[:3],
         "python_step_ns": step,
+        "halt_polling": describe(),
     }
 
 
@@ -883,6 +886,12 @@ def parse_args(argv: list[str] | None) -> Options:
         default=15,
         help="before each case, wait up to N s for other processes to leave cores 0-1 (15)",
     )
+    parser.add_argument(
+        "--halt-poll-us",
+        type=int,
+        help="let an idle vCPU poll up to N µs before it halts, for the run (KVM haltpoll, root; "
+        "the machine's setting is put back after; default: leave it as it is)",
+    )
     args = parser.parse_args(argv)
     cases = [c.strip() for c in args.cases.split(",")] if args.cases else list(CASES)
     unknown = [c for c in cases if c not in CASES]
@@ -902,6 +911,8 @@ def parse_args(argv: list[str] | None) -> Options:
         parser.error("--connections and --seconds must be at least 1")
     if (args.rounds or 0) < 0 or (args.throughput_rounds or 0) < 0:
         parser.error("--rounds and --throughput-rounds must be >= 0")
+    if args.halt_poll_us is not None and not 0 <= args.halt_poll_us <= 1_000_000:
+        parser.error("--halt-poll-us takes 0 to 1000000")
     if args.soak_minutes < 0 or args.soak_rate < 1:
         parser.error("--soak-minutes must be >= 0 and --soak-rate >= 1")
     return Options(
@@ -920,6 +931,7 @@ def parse_args(argv: list[str] | None) -> Options:
         throughput_rounds=(
             args.throughput_rounds if args.throughput_rounds is not None else 0 if args.quick else 5
         ),
+        halt_poll_us=args.halt_poll_us,
     )
 
 
@@ -947,9 +959,14 @@ def attempt(
 
 
 def run(opts: Options, ensure_plot: Callable[[], bool]) -> int:
+    preflight()
+    with halt_polling(opts.halt_poll_us):  # the machine's own setting is back after
+        return measure_all(opts, ensure_plot)
+
+
+def measure_all(opts: Options, ensure_plot: Callable[[], bool]) -> int:
     from bench.report import TARGET_RATE, write_outputs
 
-    preflight()
     ensure_tool("wrk")
     nginx = ensure_nginx()
     can_plot = ensure_plot()
