@@ -2,11 +2,12 @@
 
 On a KVM guest with the `haltpoll` cpuidle driver, an idle vCPU halts at once when
 `guest_halt_poll_ns` is 0, and the next wake-up then goes through the host: on the Intel host of
-2026-12-07 (kernel command line `haltpoll.guest_halt_poll_ns=0`) that made nginx saturate at
-29,000 requests/s and cutover's requests at 1 000/s cost 350 µs of CPU each (126 µs at
-saturation), against 56,000 and 10,600 req/s with 200 µs of polling. Every process on the two
-cores pays it alike, but it decides the latency figures, so the report says what was set, and
-`--halt-poll-us` sets it for the run (root) and puts the machine's values back after.
+2026-12-07 (kernel command line `haltpoll.guest_halt_poll_ns=0`) nginx saturated at 28,900
+requests/s and cutover-pass at 7,900, against 56,500 and 10,600 with 200 µs of polling, and a
+cutover request at 1 000/s cost 350 µs of CPU (126 µs at saturation). Every process on the two
+cores pays it, but not alike, and it decides the latency figures, so the report says what the
+run had, and `--halt-poll-us` sets it for the run (root) and puts the machine's values back
+after (not after a SIGKILL of the bench).
 """
 
 from __future__ import annotations

@@ -12,8 +12,9 @@ rate fell short, instead of reporting its latency as if it were true.
 Latency is wrk's own per-request figure (from the moment the request is written to the moment
 its answer is complete, to the microsecond), read from wrk's histogram in `done()` so that
 p99.9 is available (wrk's `--latency` prints only up to p99). `done()` also prints the histogram
-itself (its non-empty microsecond buckets), so that runs of one case can be pooled: the p99 of all
-the requests of 15 rounds, rather than a median of 15 p99s each decided by ~50 requests.
+itself (its non-empty microsecond buckets), so that runs of one case can be pooled: the report
+shows the p99 of all the requests of a case's rounds beside the median of their p99s (which the
+targets take: bench/README.md, "Why the latency targets take rounds").
 """
 
 from __future__ import annotations
@@ -226,7 +227,7 @@ function done(summary, latency, requests)
     summary.requests, summary.duration, e.connect, e.read, e.write, e.status, e.timeout,
     pct(50), pct(90), pct(99), pct(99.9), summary.requests > 0 and latency.max or -1, mean,
     s, l, m))
-  -- the histogram, as "µs:count" pairs. Debian's wrk 4.1 does not index its buckets from Lua
+  -- the histogram, as "us:count" pairs. Debian's wrk 4.1 does not index its buckets from Lua
   -- (latency[i] gives i back), but percentile() ranks: p = (k - 0.5) / n x 100 is the k-th
   -- fastest request exactly (rank = round(p / 100 x n + 0.5) = k), so every rank in turn gives
   -- the whole histogram, run-length coded. Fixed rates only: a saturation run has 100 000s.
