@@ -107,7 +107,7 @@ class Breaker:
         return self.failures >= BREAKER_THRESHOLD
 
     def allow(self, now: float) -> bool:
-        if self.failures < BREAKER_THRESHOLD:  # closed (is_open, inline: once per mirror)
+        if not self.is_open:
             return True
         if now < self.open_until:
             return False
@@ -225,7 +225,7 @@ class Lane:
         if now - self._offers_since >= OFFERED_WINDOW:
             self._count_offers(now)
         breaker = self.breaker
-        if breaker.failures >= BREAKER_THRESHOLD and now < breaker.open_until:
+        if breaker.is_open and now < breaker.open_until:
             return self._drop("circuit_open")
         if self.limit < self.limits.concurrency and self._by_coin():
             return self._drop("slow_secondary")

@@ -45,7 +45,7 @@ from proxy.telemetry import Telemetry
 from proxy.translate import Resolved, Translator
 from proxy.upstream import UpstreamClients
 from shadow.compare import Comparison, Difference, Observation, compare, compare_repeat
-from shadow.noise import NoiseLearner
+from shadow.noise import NoiseLearner, NoiseSet
 from shadow.redact import redact_difference, redact_doc
 from shadow.rules import CompareRules
 from shadow.stats import Cell, Outcome, ShadowStats
@@ -392,6 +392,15 @@ class Shadowing:
         translated = replace(new, body=body, body_sha256="", body_size=len(body))
         return translated, True
 
+    @staticmethod
+    def fits_loop(old: Observation, new: Observation) -> bool:
+        """Bodies small enough to compare on the loop (COMPARE_OFF_LOOP); larger ones are
+        compared in the worker thread, so that the loop keeps serving meanwhile."""
+        return max(old.body_size, new.body_size) <= COMPARE_OFF_LOOP
+
+    def _noise(self, route: str) -> NoiseSet | None:
+        return self._learners[route].snapshot() if route in self._learners else None
+
     def compare_now(
         self,
         old: Observation,
@@ -401,9 +410,8 @@ class Shadowing:
         *,
         translated: bool = False,
     ) -> Comparison:
-        """On the loop: for bodies up to COMPARE_OFF_LOOP (`compare` decides)."""
-        noise = self._learners[route].snapshot() if route in self._learners else None
-        return compare(old, new, rules, noise=noise, new_is_translated=translated)
+        """On the loop, for what `fits_loop`: no coroutine (the judge calls it directly)."""
+        return compare(old, new, rules, noise=self._noise(route), new_is_translated=translated)
 
     async def compare(
         self,
@@ -414,9 +422,20 @@ class Shadowing:
         *,
         translated: bool = False,
     ) -> Comparison:
-        if max(old.body_size, new.body_size) <= COMPARE_OFF_LOOP:
+        if self.fits_loop(old, new):
             return self.compare_now(old, new, rules, route, translated=translated)
-        noise = self._learners[route].snapshot() if route in self._learners else None
+        return await self.compare_off_loop(old, new, rules, route, translated=translated)
+
+    async def compare_off_loop(
+        self,
+        old: Observation,
+        new: Observation,
+        rules: CompareRules,
+        route: str,
+        *,
+        translated: bool = False,
+    ) -> Comparison:
+        noise = self._noise(route)
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(
             self._executor,
@@ -469,12 +488,12 @@ class _Exchange:
             new_obs, translated = new.observation, False
         else:
             new_obs, translated = await sh.in_old_terms(route, new.observation)
-        if max(old.observation.body_size, new_obs.body_size) <= COMPARE_OFF_LOOP:
+        if sh.fits_loop(old.observation, new_obs):
             comparison = sh.compare_now(
                 old.observation, new_obs, route.rules, route.name, translated=translated
             )
         else:
-            comparison = await sh.compare(
+            comparison = await sh.compare_off_loop(
                 old.observation, new_obs, route.rules, route.name, translated=translated
             )
         result: Outcome = "match" if comparison.match else "mismatch"
