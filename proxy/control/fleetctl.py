@@ -193,28 +193,27 @@ async def wait_converged(
     async with _connect(spec) as client:
         await _subscribe(client, [topics.instances, fence])
         await client.publish(fence, b"fence", qos=1)
-        messages = aiter(client.messages)
-        while True:
-            now = loop.time()
-            ready = judged_from is not None and now >= judged_from
-            if ready and _converged(statuses, rollback_seq, config_version):
-                return True, statuses
-            if now >= deadline:
-                return False, statuses
-            wake = deadline if ready or judged_from is None else min(judged_from, deadline)
-            try:
-                message = await asyncio.wait_for(anext(messages), wake - now)
-            except TimeoutError:
-                continue
-            if message.topic.value == fence:
-                judged_from = loop.time() + FENCE_GRACE
-                continue
-            instance = message.topic.value.rsplit("/", 1)[-1]
-            status = _status(message.payload)
-            if status is None:
-                statuses.pop(instance, None)
-            else:
-                statuses[instance] = status
+        with Inbox(client) as inbox:
+            while True:
+                now = loop.time()
+                ready = judged_from is not None and now >= judged_from
+                if ready and _converged(statuses, rollback_seq, config_version):
+                    return True, statuses
+                if now >= deadline:
+                    return False, statuses
+                wake = deadline if ready or judged_from is None else min(judged_from, deadline)
+                message = await inbox.get(wake - now)
+                if message is None:
+                    continue
+                if message.topic.value == fence:
+                    judged_from = loop.time() + FENCE_GRACE
+                    continue
+                instance = message.topic.value.rsplit("/", 1)[-1]
+                status = _status(message.payload)
+                if status is None:
+                    statuses.pop(instance, None)
+                else:
+                    statuses[instance] = status
 
 
 def convergence(view: FleetView) -> dict[str, Any]:
@@ -307,26 +306,62 @@ async def _read(
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
     latest: dict[str, bytes] = {}
-    messages = aiter(client.messages)
     fenced_at: float | None = None
-    while True:
-        now = loop.time()
-        until = deadline if fenced_at is None else min(deadline, fenced_at + FENCE_GRACE)
-        if now >= until:
-            break
-        try:
-            message = await asyncio.wait_for(anext(messages), until - now)
-        except TimeoutError:
-            break
-        topic = message.topic.value
-        if topic == fence:
-            fenced_at = loop.time()
-            continue
-        if message.payload:
-            latest[topic] = bytes(message.payload)
-        else:  # cleared while we listened
-            latest.pop(topic, None)
+    with Inbox(client) as inbox:
+        while True:
+            now = loop.time()
+            until = deadline if fenced_at is None else min(deadline, fenced_at + FENCE_GRACE)
+            if now >= until:
+                break
+            message = await inbox.get(until - now)
+            if message is None:
+                break
+            topic = message.topic.value
+            if topic == fence:
+                fenced_at = loop.time()
+                continue
+            if message.payload:
+                latest[topic] = bytes(message.payload)
+            else:  # cleared while we listened
+                latest.pop(topic, None)
     return _view(topics, latest, key)
+
+
+class Inbox:
+    """A client's messages, each waited for with a time limit, none lost to the limit.
+
+    aiomqtt's iterator loses the message it has taken off its queue when its `__anext__` is
+    cancelled after that (a timeout of `asyncio.wait_for` landing as the message arrives: seen
+    as a fleet command waiting out its whole `--timeout` for a status that had come). So the
+    pending read is kept from one wait to the next, and cancelled only when the inbox closes.
+    """
+
+    def __init__(self, client: aiomqtt.Client) -> None:
+        self._messages = aiter(client.messages)
+        self._next: asyncio.Future[aiomqtt.Message] | None = None
+
+    def __enter__(self) -> Inbox:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        pending, self._next = self._next, None
+        if pending is None:
+            return
+        if pending.done():
+            if not pending.cancelled():
+                pending.exception()  # retrieved: a disconnect nobody waits for any more is not news
+        else:
+            pending.cancel()
+
+    async def get(self, timeout: float) -> aiomqtt.Message | None:
+        """The next message, or None when none came within `timeout` seconds."""
+        if self._next is None:
+            self._next = asyncio.ensure_future(anext(self._messages))  # noqa: TID251 - ours, see __exit__
+        done, _ = await asyncio.wait({self._next}, timeout=max(timeout, 0.0))
+        if not done:
+            return None
+        pending, self._next = self._next, None
+        return pending.result()
 
 
 def _view(topics: Topics, latest: Mapping[str, bytes], key: bytes | None) -> FleetView:

@@ -357,6 +357,32 @@ async def test_fleetctl_errors_are_plain() -> None:
         await fleetctl.read_retained(nowhere, "m", None)
 
 
+async def test_the_inbox_loses_no_message_to_its_time_limit(spec: MqttSpec) -> None:
+    """Waits so short that most end while a message is on its way (aiomqtt's own iterator,
+    cancelled by `asyncio.wait_for`, lost a quarter of these): every message arrives, in
+    order, and a wait with nothing to read ends empty."""
+    topic = f"test/inbox/{uuid.uuid4().hex}"
+    count = 300
+    async with raw_client(spec) as reader, raw_client(spec) as writer:
+        await reader.subscribe(topic, qos=1)
+        with fleetctl.Inbox(reader) as inbox:
+            assert await inbox.get(0.01) is None
+
+            async def publish_all() -> None:
+                for i in range(count):
+                    await writer.publish(topic, str(i).encode(), qos=1)
+
+            publishing = asyncio.ensure_future(publish_all())  # noqa: TID251 - awaited below
+            got: list[int] = []
+            deadline = time.monotonic() + 20
+            while len(got) < count and time.monotonic() < deadline:
+                message = await inbox.get(0.0002)
+                if message is not None:
+                    got.append(int(bytes(message.payload)))
+            await publishing
+    assert got == list(range(count))
+
+
 # --- convergence ------------------------------------------------------------------------------
 
 INSTANCE_SCRIPT = """

@@ -130,10 +130,10 @@ async def test_forged_and_replayed_rollbacks_are_refused(fleet: Fleet, http):
         what="every instance refusing the forgeries",
     )
     assert {await serving(http, m) for m in members} == {"new"}
-    code, _, err = await fleet.cli("rollback", "--cohort", "everyone", "--reason", "real")
-    assert code == 0, err
-    code, _, err = await fleet.cli("resume", "--reason", "over")
-    assert code == 0, err
+    code, out, err = await fleet.cli("rollback", "--cohort", "everyone", "--reason", "real")
+    assert code == 0, out + err
+    code, out, err = await fleet.cli("resume", "--reason", "over")
+    assert code == 0, out + err
     async with aiomqtt.Client("127.0.0.1", BROKER_PORT) as client:
         await client.publish(topic, old, qos=1)  # a captured, validly signed, older message
     await wait_for(lambda: all("replay" in refusals(m) for m in members), what="the replay refused")
