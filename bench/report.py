@@ -297,7 +297,7 @@ def render(
         "",
         f"{info['cpus']} cores ({info['cpu_model']}), Linux {info['kernel']}; {info['nginx']}; "
         f"{info['wrk'].split('[')[0].strip()}; Python {info['python']}, aiohttp "
-        f"{info['aiohttp']}; cutover {info['git']}. Load average at start: "
+        f"{info['aiohttp']}; cutover {info['git']}, {info.get('build', 'interpreted')}. Load average at start: "
         f"{' '.join(info['loadavg_at_start'])}. Host speed: a plain Python loop step takes "
         f"{info.get('python_step_ns', '?')} ns on core 0 (compare reports by it: bench/README.md); "
         f"{info.get('halt_polling', 'guest halt polling not recorded')} (bench/haltpoll.py).",

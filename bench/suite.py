@@ -837,10 +837,20 @@ def environment(nginx: str) -> dict[str, Any]:
         "nginx": out([nginx, "-v"]),
         "wrk": out([ensure_tool("wrk"), "-v"]),
         "git": rev + (" (with uncommitted changes)" if dirty not in ("", "?") else ""),
+        "build": build_kind(),
         "loadavg_at_start": Path("/proc/loadavg").read_text().split()[:3],
         "python_step_ns": step,
         "halt_polling": describe(),
     }
+
+
+def build_kind() -> str:
+    """Which cutover the cases run (they inherit this process's PYTHONPATH): `./dev bench
+    --compiled` points it at a copy whose data path mypyc compiled (setup.py)."""
+    import proxy.http1.server
+
+    compiled = (proxy.http1.server.__file__ or "").endswith(".so")
+    return "compiled with mypyc (./dev bench --compiled)" if compiled else "interpreted"
 
 
 def parse_args(argv: list[str] | None) -> Options:

@@ -47,6 +47,7 @@ from proxy.errors import (
     UpstreamRefused,
     UpstreamTimeout,
 )
+from proxy.http1.streams import answer_chunks
 from proxy.http1.wire import BODY_METHODS, HeaderInjection, WriteFlow, head_bytes
 
 Body = bytes | AsyncIterable[bytes] | None
@@ -165,21 +166,9 @@ class Answer:
         parts = [chunk async for chunk in self.chunks()]
         return b"".join(parts)
 
-    async def chunks(self) -> AsyncIterator[bytes]:
+    def chunks(self) -> AsyncIterator[bytes]:
         """The body as it arrives; each wait for more is bounded by the upstream's timeout."""
-        while True:
-            if self._chunks:
-                chunk = self._chunks.popleft()
-                self._buffered -= len(chunk)
-                if self._buffered < READ_LOW_WATER:
-                    self._conn.resume_reading()
-                yield chunk
-                continue
-            if self._error is not None:
-                raise self._error
-            if self.complete:
-                return
-            await self._wait()
+        return answer_chunks(self, READ_LOW_WATER)
 
     async def _wait(self) -> None:
         conn = self._conn

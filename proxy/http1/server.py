@@ -59,6 +59,7 @@ from proxy.errors import (
     UriTooLong,
     VersionNotSupported,
 )
+from proxy.http1.streams import chained, request_stream
 from proxy.http1.wire import HeaderInjection, WriteFlow, head_bytes, reason_for
 from proxy.idlegate import IdleGate
 
@@ -233,33 +234,12 @@ class Request:
             parts.append(chunk)
             size += len(chunk)
             if size > limit:
-                return b"", _chained(parts, stream)
+                return b"", chained(parts, stream)
         return b"".join(parts), None
 
-    async def stream(self) -> AsyncIterator[bytes]:
+    def stream(self) -> AsyncIterator[bytes]:
         """The body as it arrives (within `body_timeout` between chunks)."""
-        body = self._body
-        if not self.body_exists:
-            return
-        if self._continue:  # the client waits for this before it sends the body
-            self._continue = False
-            self._conn.write(b"HTTP/1.1 100 Continue\r\n\r\n")
-        while True:
-            if body.chunks:
-                yield body.take()
-                continue
-            if body.error is not None:
-                raise body.error
-            if body.complete:
-                return
-            await body.wait()
-
-
-async def _chained(first: list[bytes], rest: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
-    for chunk in first:
-        yield chunk
-    async for chunk in rest:
-        yield chunk
+        return request_stream(self)
 
 
 class Responder:
@@ -827,7 +807,7 @@ class HttpServer:
             backlog=backlog,
         )
         self._sweeper = self.loop.call_later(SWEEP_EVERY, self._sweep)
-        sockets = self._server.sockets
+        sockets = cast(Any, self._server).sockets  # a list on uvloop, a tuple by its types
         return int(sockets[0].getsockname()[1]) if sockets else port
 
     def set_limits(self, limits: Limits) -> None:
